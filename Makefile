@@ -1,0 +1,41 @@
+# cxr-triage: `make run` serves on embedded defaults, `make test` runs the whole suite.
+# Both install what is missing first: Debian packages (apt-get) and a virtual environment.
+VENV ?= .venv
+PYTHON ?= python3
+APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install system-deps lint benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+system-deps:
+	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null \
+	   || ! command -v redis-server >/dev/null || ! command -v dciodvfy >/dev/null \
+	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \
+	fi
+
+run: system-deps install
+	$(VENV)/bin/cxrtriage serve
+
+test: system-deps install
+	$(VENV)/bin/python -m pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+benchmark: system-deps install
+	$(VENV)/bin/python benchmarks/run.py
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,106 @@
+"""One typed settings object, read from CXRTRIAGE_* environment variables and an optional TOML file.
+
+Loaded once by the entry point and passed down; library code never reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cxrtriage.errors import ConfigError
+
+BUNDLED_MODEL = Path(__file__).parent / "bundled" / "pneumonia-resnet18"
+_DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+
+class Destination:
+    """A DICOM peer written `AE@host:port`."""
+
+    def __init__(self, text: str) -> None:
+        match = _DESTINATION.match(text.strip())
+        if not match:
+            raise ConfigError(f"CXRTRIAGE_SR_DESTINATION must look like AE@host:port, got {text!r}")
+        self.ae_title = match["ae"]
+        self.host = match["host"]
+        self.port = int(match["port"])
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CXRTRIAGE_", extra="forbid")
+
+    environment: Literal["development", "production"] = "development"
+    ae_title: str = "CXRTRIAGE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    storage_dir: Path = Path("var/storage")
+    database_url: str = "sqlite:///var/cxrtriage.db"
+    broker_url: str = "filesystem://"
+    broker_dir: Path = Path("var/broker")
+    sr_destination: str = ""
+    sr_calling_ae: str = "CXRTRIAGE"
+    sr_max_attempts: int = Field(6, ge=1)
+    sr_retry_base_seconds: float = Field(5.0, gt=0)
+    study_quiet_seconds: float = Field(10.0, ge=0)
+    processing_lease_seconds: float = Field(300.0, gt=0)
+    sweep_interval_seconds: float = Field(1.0, gt=0)
+    model: Path = BUNDLED_MODEL
+    max_instance_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    worker_concurrency: int = Field(1, ge=1)
+    nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("ae_title", "sr_calling_ae")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return value
+
+    @field_validator("sr_destination")
+    @classmethod
+    def _check_destination(cls, value: str) -> str:
+        if value:
+            Destination(value)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults_in_production(self) -> Settings:
+        if self.environment == "production":
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("production needs CXRTRIAGE_DATABASE_URL for a server database")
+            if self.broker_url.startswith("filesystem"):
+                raise ValueError("production needs CXRTRIAGE_BROKER_URL, for example redis://")
+        return self
+
+    @property
+    def destination(self) -> Destination | None:
+        return Destination(self.sr_destination) if self.sr_destination else None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from a TOML file (if given, or named by CXRTRIAGE_CONFIG), overridden by env vars."""
+    path = config_file or os.environ.get("CXRTRIAGE_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle).get("cxrtriage", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    env_keys = {k[len("CXRTRIAGE_") :].lower() for k in os.environ if k.startswith("CXRTRIAGE_")}
+    file_values = {k: v for k, v in values.items() if k not in env_keys}
+    try:
+        return Settings(**file_values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

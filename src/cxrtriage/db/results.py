@@ -1,0 +1,90 @@
+"""Model versions, inference results and SR exports."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
+from cxrtriage.domain import ExportState, ModelInfo, Prediction
+
+
+def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == info.weights_sha256))
+    if existing is not None:
+        return existing.id
+    row = ModelVersion(name=info.name, version=info.version, weights_sha256=info.weights_sha256,
+                       device_uid=info.device_uid, manifest=manifest)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def save_predictions(session: Session, model_version_id: int, by_instance: dict[int, Prediction],
+                     preprocessing_version: str, warnings: dict[int, list[str]]) -> None:
+    """One row per instance and model version; a rerun replaces the earlier row."""
+    if not by_instance:
+        return
+    session.execute(delete(InferenceResult).where(InferenceResult.model_version_id == model_version_id,
+                                                  InferenceResult.instance_id.in_(list(by_instance))))
+    for instance_id, pred in by_instance.items():
+        session.add(InferenceResult(instance_id=instance_id, model_version_id=model_version_id,
+                                    probabilities=pred.probabilities, flag_label=pred.flag_label,
+                                    flagged=pred.flagged, threshold=pred.threshold,
+                                    preprocessing_version=preprocessing_version,
+                                    warnings={"warnings": warnings.get(instance_id, [])}))
+
+
+def latest_export(session: Session, study_id: int) -> SrExport | None:
+    return session.scalar(select(SrExport).where(SrExport.study_id == study_id)
+                          .order_by(SrExport.id.desc()).limit(1))
+
+
+def record_export(session: Session, *, study_id: int, model_version_id: int, series_uid: str,
+                  sop_uid: str, supersedes_uid: str | None, kind: str, path: str,
+                  destination: str) -> SrExport:
+    """Create the export row for a new SR; an SR with the same UID is not exported twice."""
+    existing = session.scalar(select(SrExport).where(SrExport.sr_sop_instance_uid == sop_uid))
+    if existing is not None:
+        return existing
+    row = SrExport(study_id=study_id, model_version_id=model_version_id, sr_series_uid=series_uid,
+                   sr_sop_instance_uid=sop_uid, supersedes_uid=supersedes_uid, kind=kind, path=path,
+                   destination=destination,
+                   state=ExportState.PENDING if destination else ExportState.NOT_CONFIGURED,
+                   next_attempt_at=utcnow() if destination else None)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def due_exports(session: Session, hold_seconds: float, now: datetime | None = None) -> list[int]:
+    """Pending exports whose next attempt is due; each is held back for `hold_seconds` so that
+    it is dispatched once while its attempt runs."""
+    now = now or utcnow()
+    ids = list(session.scalars(select(SrExport.id).where(SrExport.state == ExportState.PENDING,
+                                                         SrExport.next_attempt_at <= now)).all())
+    if ids:
+        session.execute(update(SrExport).where(SrExport.id.in_(ids))
+                        .values(next_attempt_at=now + timedelta(seconds=hold_seconds)))
+    return ids
+
+
+def record_attempt(session: Session, export_id: int, error: str, max_attempts: int,
+                   base_seconds: float) -> SrExport:
+    """Count an attempt; on error back off exponentially until the limit, then give up."""
+    row = session.get(SrExport, export_id)
+    if row is None:
+        raise LookupError(f"no SR export with id {export_id}")
+    row.attempts += 1
+    now = utcnow()
+    if not error:
+        row.state, row.sent_at, row.last_error, row.next_attempt_at = ExportState.SENT, now, "", None
+    elif row.attempts >= max_attempts:
+        row.state, row.last_error, row.next_attempt_at = ExportState.FAILED, error, None
+    else:
+        row.last_error = error
+        row.next_attempt_at = now + timedelta(seconds=base_seconds * 2 ** (row.attempts - 1))
+    return row

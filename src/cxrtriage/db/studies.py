@@ -1,0 +1,109 @@
+"""Study lifecycle: received -> queued -> processing -> done | skipped | failed.
+
+Every transition is a conditional UPDATE, so two processes can never both win the same step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import Session
+
+from cxrtriage.db.models import Association, Instance, Series, Study, StudyAssociation, utcnow
+from cxrtriage.domain import StudyState
+
+
+def _has_open_association():  # type: ignore[no-untyped-def]
+    return exists().where(and_(StudyAssociation.study_id == Study.id,
+                               StudyAssociation.association_id == Association.id,
+                               Association.closed_at.is_(None)))
+
+
+def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | None = None) -> list[str]:
+    """Move studies that have been quiet long enough, with no sending association still open,
+    from received to queued. Returns the study UIDs to dispatch; each is returned once."""
+    now = now or utcnow()
+    candidates = session.execute(
+        select(Study.id, Study.study_uid, Study.revision).where(
+            Study.state == StudyState.RECEIVED,
+            Study.last_received_at <= now - timedelta(seconds=quiet_seconds),
+            ~_has_open_association())).all()
+    queued = []
+    for study_id, study_uid, revision in candidates:
+        result = session.execute(update(Study).where(
+            Study.id == study_id, Study.state == StudyState.RECEIVED, Study.revision == revision)
+            .values(state=StudyState.QUEUED, queued_at=now))
+        if result.rowcount:  # type: ignore[attr-defined]
+            queued.append(study_uid)
+    return queued
+
+
+def requeue_abandoned(session: Session, redispatch_seconds: float, now: datetime | None = None) -> list[str]:
+    """Studies whose worker died (lease expired) or whose queue message was lost go back to
+    queued, to be dispatched again. The database, not the broker, decides what is pending."""
+    now = now or utcnow()
+    expired = session.scalars(select(Study.study_uid).where(
+        Study.state == StudyState.PROCESSING, Study.lease_expires_at < now)).all()
+    if expired:
+        session.execute(update(Study).where(Study.study_uid.in_(expired),
+                                            Study.state == StudyState.PROCESSING,
+                                            Study.lease_expires_at < now)
+                        .values(state=StudyState.QUEUED, queued_at=now,
+                                reason="worker stopped while processing; redone"))
+    stale = session.scalars(select(Study.study_uid).where(
+        Study.state == StudyState.QUEUED,
+        Study.queued_at < now - timedelta(seconds=redispatch_seconds))).all()
+    if stale:
+        session.execute(update(Study).where(Study.study_uid.in_(stale)).values(queued_at=now))
+    return list(expired) + list(stale)
+
+
+def claim_study(session: Session, study_uid: str, lease_seconds: float) -> Study | None:
+    """Take a queued study for processing. None when another worker has it or it is not queued."""
+    now = utcnow()
+    result = session.execute(update(Study).where(Study.study_uid == study_uid,
+                                                 Study.state == StudyState.QUEUED)
+                             .values(state=StudyState.PROCESSING, lease_expires_at=now +
+                                     timedelta(seconds=lease_seconds), attempts=Study.attempts + 1,
+                                     claimed_revision=Study.revision))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return None
+    return session.scalar(select(Study).where(Study.study_uid == study_uid))
+
+
+def finish_study(session: Session, study_id: int, claimed_revision: int, state: StudyState,
+                 reason: str, flagged: bool | None, model_version_id: int | None) -> bool:
+    """Record the outcome unless new instances arrived meanwhile (then the study stays received
+    and is processed again with them). Returns whether the outcome was recorded."""
+    result = session.execute(update(Study).where(
+        Study.id == study_id, Study.state == StudyState.PROCESSING, Study.revision == claimed_revision)
+        .values(state=state, reason=reason, flagged=flagged, model_version_id=model_version_id,
+                finished_at=utcnow(), lease_expires_at=None))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def study_instances(session: Session, study_id: int) -> list[Instance]:
+    return list(session.scalars(select(Instance).where(Instance.study_id == study_id)
+                                .order_by(Instance.id)).all())
+
+
+def mark_for_reprocessing(session: Session, model_version_id: int) -> list[str]:
+    """Finished studies not yet read by this model version go back to queued (nightly job)."""
+    uids = session.scalars(select(Study.study_uid).where(
+        Study.state.in_([StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED]),
+        (Study.model_version_id.is_(None)) | (Study.model_version_id != model_version_id))).all()
+    if uids:
+        session.execute(update(Study).where(Study.study_uid.in_(uids))
+                        .values(state=StudyState.QUEUED, queued_at=utcnow(),
+                                reason="reprocessing with a new model version"))
+    return list(uids)
+
+
+def update_series_states(session: Session, study_id: int) -> None:
+    """A series is classified if any of its images was, else it takes its images' common state."""
+    for series in session.scalars(select(Series).where(Series.study_id == study_id)).all():
+        states = {i.state for i in series.instances}
+        reasons = sorted({i.reason for i in series.instances if i.reason})
+        series.state = "classified" if "classified" in states else (states.pop() if len(states) == 1 else "mixed")
+        series.reason = "; ".join(reasons)[:2000]

@@ -1,0 +1,38 @@
+"""What the receiver accepts: storage SOP classes and the transfer syntaxes installed decoders read."""
+
+from __future__ import annotations
+
+from pydicom.uid import (
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+# Radiograph classes are classified; CT and MR are accepted only so that a PACS routing rule that
+# sends a whole study does not fail: they are stored and recorded as skipped, with the reason.
+RADIOGRAPH_SOP_CLASSES = {CR: "CR", DX_PRESENTATION: "DX (for presentation)",
+                          DX_PROCESSING: "DX (for processing)", SECONDARY_CAPTURE: "Secondary Capture"}
+ACCEPTED_SOP_CLASSES = {**RADIOGRAPH_SOP_CLASSES, CT: "CT", MR: "MR"}
+
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                ExplicitVRBigEndian]
+COMPRESSED = [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+              JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+ACCEPTED_TRANSFER_SYNTAXES = UNCOMPRESSED + COMPRESSED

@@ -1,0 +1,56 @@
+"""Which images the chest classifier may see.
+
+Rules, in order (the README lists them too):
+1. The SOP class must be a radiograph class (CR, DX, Secondary Capture); anything else is skipped.
+2. Modality, when present, must be CR, DX or (for Secondary Capture) OT.
+3. BodyPartExamined, when present, must be CHEST or THORAX.
+4. ViewPosition, or the view code sequence, must be frontal (PA or AP); a lateral view is skipped.
+   When neither says, the image is accepted and a warning is recorded with the result.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE
+from cxrtriage.domain import GateDecision
+
+FRONTAL = {"PA", "AP"}
+LATERAL = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
+CHEST = {"CHEST", "THORAX", "LUNG"}
+_FRONTAL_MEANINGS = ("postero-anterior", "antero-posterior", "frontal")
+
+
+def _view_from_codes(ds: Dataset) -> str:
+    for item in ds.get("ViewCodeSequence", []):
+        meaning = str(item.get("CodeMeaning", "")).lower()
+        if "lateral" in meaning:
+            return "lateral"
+        if any(m in meaning for m in _FRONTAL_MEANINGS):
+            return "frontal"
+    return ""
+
+
+def gate_image(ds: Dataset) -> GateDecision:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    if sop_class not in RADIOGRAPH_SOP_CLASSES:
+        return GateDecision(False, f"modality {modality or 'unknown'} is not a chest radiograph")
+    allowed = {"CR", "DX", "OT", ""} if sop_class == SECONDARY_CAPTURE else {"CR", "DX", ""}
+    if modality not in allowed:
+        return GateDecision(False, f"modality {modality} is not a chest radiograph")
+    body_part = str(ds.get("BodyPartExamined", "")).upper()
+    if body_part and body_part not in CHEST:
+        return GateDecision(False, f"body part {body_part} is not chest")
+    view = str(ds.get("ViewPosition", "")).upper()
+    coded = _view_from_codes(ds)
+    if view in LATERAL or coded == "lateral":
+        return GateDecision(False, "lateral view; only frontal (PA/AP) views are classified")
+    if view and view not in FRONTAL:
+        return GateDecision(False, f"view position {view} is not frontal (PA/AP)")
+    warnings: list[str] = []
+    if not view and not coded:
+        warnings.append("view position not recorded; assumed frontal")
+    if not body_part:
+        warnings.append("body part not recorded; assumed chest")
+    return GateDecision(True, "", tuple(warnings))

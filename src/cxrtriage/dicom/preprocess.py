@@ -1,0 +1,170 @@
+"""Pixels to model input. One function path, shared by the worker, `predict` and training.
+
+The steps follow the DICOM grayscale pipeline (PS3.3 C.11): modality LUT, VOI LUT or window
+(or the full stored range when neither is present), MONOCHROME1 / INVERSE inversion, then a
+single channel in [0, 1], resized keeping the aspect ratio and padded to a square.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, convert_color_space
+
+from cxrtriage.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+PREPROCESSING_VERSION = "1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MAX_PIXELS = 16384 * 16384
+
+
+def check_pixel_contract(ds: Dataset) -> None:
+    """Cheap checks that refuse an image before any pixel buffer is decoded or allocated."""
+    if "PixelData" not in ds:
+        raise InvalidInputError("dataset has no PixelData")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise InvalidInputError(f"Rows and Columns must be positive, got {rows}x{cols}")
+    if rows * cols > MAX_PIXELS:
+        raise InvalidInputError(f"image of {rows}x{cols} pixels exceeds the limit of {MAX_PIXELS}")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
+                           "YBR_ICT", "YBR_RCT", "PALETTE COLOR"}:
+        raise InvalidInputError(f"PhotometricInterpretation {photometric!r} is not supported")
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits not in (1, 8, 16, 32):
+        raise InvalidInputError(f"BitsAllocated must be 1, 8, 16 or 32, got {bits}")
+
+
+def _first_frame(ds: Dataset) -> np.ndarray:
+    try:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            arr = ds.pixel_array[0]
+        else:
+            arr = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the reason is what matters
+        raise InvalidInputError(f"pixel data cannot be decoded: {type(exc).__name__}") from exc
+    return np.asarray(arr)
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """VOI window to [0, 1] per PS3.3 C.11.2.1.2."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    if function == "LINEAR_EXACT":
+        low, high = center - width / 2.0, center + width / 2.0
+    else:
+        width = max(width, 1.0)
+        low, high = center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
+    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def _first_value(value: object) -> float:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        return float(list(value)[0])  # type: ignore[call-overload]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _stored_range(ds: Dataset) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        low, high = 0, 2**bits - 1
+    ends = apply_modality_lut(np.array([low, high], dtype=np.float64), ds)
+    return float(np.min(ends)), float(np.max(ends))
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        item = ds.VOILUTSequence[0]
+        descriptor = [int(v) for v in item.LUTDescriptor]
+        lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
+        first = descriptor[1]
+        index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(lut) - 1)
+        out = lut[index]
+        top = max(float(2 ** descriptor[2] - 1), float(lut.max()), 1.0)
+        return np.clip(out / top, 0.0, 1.0)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        return _window(values, _first_value(ds.WindowCenter), _first_value(ds.WindowWidth), function)
+    low, high = _stored_range(ds)
+    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric.startswith("YBR"):
+        arr = convert_color_space(arr, photometric, "RGB")
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        weights = np.array([0.299, 0.587, 0.114])
+        return np.clip((arr.astype(np.float64) @ weights) / top, 0.0, 1.0)
+    raise InvalidInputError(f"colour image with shape {arr.shape} is not supported")
+
+
+def dataset_to_gray(ds: Dataset) -> np.ndarray:
+    """A displayable single-channel float32 image in [0, 1], bright = dense (MONOCHROME2 sense)."""
+    check_pixel_contract(ds)
+    raw = _first_frame(ds)
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return _to_gray(raw, ds).astype(np.float32)
+    if raw.ndim != 2:
+        raise InvalidInputError(f"grayscale pixel array must be 2-D, got shape {raw.shape}")
+    padding = raw == ds.PixelPaddingValue if "PixelPaddingValue" in ds else None
+    values = apply_modality_lut(raw, ds).astype(np.float64)
+    gray = _apply_voi(values, ds)
+    inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if photometric == "MONOCHROME1" or inverse:
+        gray = 1.0 - gray
+    if padding is not None:
+        gray[padding] = 0.0
+    return gray.astype(np.float32)
+
+
+def image_file_to_gray(path: str | Path) -> np.ndarray:
+    """A PNG or JPEG file as single-channel float32 in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                return np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
+            return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0).astype(np.float32)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"not a readable PNG/JPEG image: {type(exc).__name__}") from exc
+
+
+def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the longer side is `size`, keeping the aspect ratio, then pad with black."""
+    if gray.ndim != 2:
+        raise InvalidInputError(f"expected a 2-D image, got shape {gray.shape}")
+    height, width = gray.shape
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    tensor = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
+    if (new_h, new_w) != (height, width):
+        tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear",
+                               align_corners=False, antialias=True)
+    out = torch.zeros((size, size), dtype=torch.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = tensor[0, 0].clamp(0.0, 1.0)
+    return out.numpy()
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """Any supported file (DICOM, PNG, JPEG) as a [0, 1] grayscale image."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return image_file_to_gray(path)
+    from cxrtriage.dicom.reading import read_dataset
+
+    return dataset_to_gray(read_dataset(path))

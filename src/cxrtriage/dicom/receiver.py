@@ -1,0 +1,221 @@
+"""The storage SCP. The C-STORE handler validates, stores durably, indexes and answers; nothing
+heavier. Its collaborators (index, association bookkeeping) are passed in, not imported."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import Verification
+
+from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
+from cxrtriage.dicom.preprocess import check_pixel_contract
+from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.dicom.uids import is_valid_uid, require_uid
+from cxrtriage.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+# Never log identifiers that pynetdicom would otherwise print at debug level.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                   "1.2.840.10008.1.2.2"}
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    association_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax: str
+    path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    association_id: str
+    calling_ae: str
+    status: int
+    reason: str
+    sop_instance_uid: str | None
+    quarantine_path: str | None
+
+
+class ReceiverIndex(Protocol):
+    """What the receiver needs from the rest of the system (the database, in practice)."""
+
+    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None: ...
+    def association_closed(self, association_id: str) -> None: ...
+    def instance_stored(self, stored: StoredInstance) -> None: ...
+    def instance_rejected(self, rejection: Rejection) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReceiverLimits:
+    max_instance_bytes: int = 256 * 1024 * 1024
+    max_associations: int = 10
+    max_pdu_size: int = 16382
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+
+
+def _expected_native_bytes(ds: Dataset) -> int:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    return (int(ds.Rows) * int(ds.Columns) * frames * samples * bits + 7) // 8
+
+
+def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
+                     transfer_syntax: str) -> tuple[int, str]:
+    """A status and reason for a parsed dataset; SUCCESS with an empty reason when acceptable."""
+    for element in ds.iterall():  # forces every deferred element to parse now, not in the worker
+        _ = element.value
+    sop_uid = require_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    require_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+    require_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class != request_sop_class:
+        return DATASET_MISMATCH, "SOPClassUID in the dataset differs from the C-STORE request"
+    if sop_uid != request_sop_uid:
+        return DATASET_MISMATCH, "SOPInstanceUID in the dataset differs from the C-STORE request"
+    check_pixel_contract(ds)
+    if transfer_syntax in NATIVE_SYNTAXES:
+        expected, actual = _expected_native_bytes(ds), len(ds.PixelData)
+        if actual < expected:
+            return CANNOT_UNDERSTAND, f"pixel data is {actual} bytes, expected {expected}"
+    return SUCCESS, ""
+
+
+class Receiver:
+    """A pynetdicom storage SCP bound to an index and a store."""
+
+    def __init__(self, ae_title: str, store: InstanceStore, index: ReceiverIndex,
+                 limits: ReceiverLimits | None = None) -> None:
+        self.store = store
+        self.index = index
+        self.limits = limits or ReceiverLimits()
+        self._ids: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_associations = self.limits.max_associations
+        self.ae.maximum_pdu_size = self.limits.max_pdu_size
+        self.ae.acse_timeout = self.limits.acse_timeout
+        self.ae.dimse_timeout = self.limits.dimse_timeout
+        self.ae.network_timeout = self.limits.network_timeout
+        self.ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+        self._server: Any = None
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self.handle_store),
+                (evt.EVT_ACCEPTED, self._opened), (evt.EVT_RELEASED, self._closed),
+                (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed)]
+
+    def start(self, host: str, port: int) -> None:
+        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self.handlers())
+        logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port})
+
+    def serve_forever(self, host: str, port: int) -> None:
+        self.ae.start_server((host, port), block=True, evt_handlers=self.handlers())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def association_id(self, assoc: Any) -> str:
+        with self._lock:
+            return self._ids.setdefault(id(assoc), uuid.uuid4().hex)
+
+    def _opened(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        assoc_id = self.association_id(event.assoc)
+        self.index.association_opened(assoc_id, str(requestor.ae_title).strip(),
+                                      f"{requestor.address}:{requestor.port}")
+        logger.info("association accepted", extra={"association_id": assoc_id,
+                                                   "calling_ae": str(requestor.ae_title).strip()})
+
+    def _closed(self, event: Any) -> None:
+        with self._lock:
+            assoc_id = self._ids.pop(id(event.assoc), None)
+        if assoc_id:
+            self.index.association_closed(assoc_id)
+            logger.info("association closed", extra={"association_id": assoc_id})
+
+    def _reject(self, event: Any, assoc_id: str, status: int, reason: str, raw: bytes | None,
+                sop_uid: str | None) -> int:
+        quarantine = None
+        if raw is not None:
+            try:
+                quarantine = str(self.store.quarantine([raw]))
+            except OSError:
+                logger.exception("could not quarantine a refused payload")
+        calling = str(event.assoc.requestor.ae_title).strip()
+        self.index.instance_rejected(Rejection(assoc_id, calling, status, reason, sop_uid, quarantine))
+        logger.warning("instance refused", extra={"association_id": assoc_id, "status": hex(status),
+                                                  "reason": reason})
+        return status
+
+    def handle_store(self, event: Any) -> int:
+        assoc_id = self.association_id(event.assoc)
+        request = event.request
+        request_uid = str(request.AffectedSOPInstanceUID or "")
+        safe_uid = request_uid if is_valid_uid(request_uid) else None
+        raw_dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+        if len(raw_dataset) > self.limits.max_instance_bytes:
+            return self._reject(event, assoc_id, OUT_OF_RESOURCES,
+                                f"instance of {len(raw_dataset)} bytes exceeds the limit of "
+                                f"{self.limits.max_instance_bytes}", None, safe_uid)
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            ds = event.dataset
+            status, reason = validate_dataset(ds, str(request.AffectedSOPClassUID), request_uid,
+                                              transfer_syntax)
+        except InvalidInputError as exc:
+            return self._reject(event, assoc_id, CANNOT_UNDERSTAND, str(exc), raw_dataset, safe_uid)
+        except Exception as exc:  # any parse failure of sender-controlled bytes
+            return self._reject(event, assoc_id, CANNOT_UNDERSTAND,
+                                f"dataset cannot be parsed: {type(exc).__name__}", raw_dataset, safe_uid)
+        if status != SUCCESS:
+            return self._reject(event, assoc_id, status, reason, raw_dataset, safe_uid)
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            path = self.store.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                    [encoded])
+        except OSError as exc:
+            logger.error("storage write failed", extra={"sop_instance_uid": request_uid,
+                                                        "error": type(exc).__name__})
+            return OUT_OF_RESOURCES
+        stored = StoredInstance(assoc_id, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                                request_uid, str(ds.SOPClassUID), str(ds.get("Modality", "")),
+                                transfer_syntax, str(path), Path(path).stat().st_size)
+        try:
+            self.index.instance_stored(stored)
+        except Exception:  # the file is kept; the sender will retry and we index it then
+            logger.exception("indexing failed", extra={"sop_instance_uid": request_uid})
+            return OUT_OF_RESOURCES
+        logger.info("instance stored", extra={"association_id": assoc_id,
+                                              "study_uid": stored.study_uid,
+                                              "sop_instance_uid": request_uid})
+        return SUCCESS
+

@@ -1,0 +1,85 @@
+"""The human-readable model card, generated from the manifest so the two cannot disagree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cxrtriage.models.package import Manifest
+from cxrtriage.models.train_config import TrainConfig
+
+
+def _ci(metric: dict[str, Any], name: str) -> str:
+    low, high = metric[f"{name}_95ci"]
+    return f"{metric[name]:.3f} (95% CI {low:.3f}-{high:.3f})"
+
+
+def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
+    val = m.metrics["validation"]
+    data = m.training_data
+    population = m.intended_population.get("description", "not stated")
+    return f"""# Model card: {m.name} {m.version}
+
+**Triage aid, not for diagnostic use.** It flags chest radiographs for earlier review by a
+radiologist; it does not replace the radiologist's read.
+
+## What it does
+- Input: one frontal chest radiograph, single channel, resized (aspect kept, padded) to
+  {m.input_size} x {m.input_size}, normalised with mean {m.mean} and std {m.std}.
+- Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled (T = {m.temperature:.3f}).
+- Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.
+- Architecture: torchvision `{m.architecture}` with a single-channel stem, trained **from scratch**
+  (no ImageNet weights were available).
+- Weights sha256: `{m.weights_sha256}`; device UID in SRs: `{m.device_uid}`.
+
+## Intended population
+{population}. Images outside it (adults, lateral views, other body parts) are outside what the
+model was trained and measured on; the pipeline records a warning when the patient's age is outside.
+
+## Training data
+{data.get("description", "")}
+
+Attribution (CC BY 4.0): Kermany, Daniel; Zhang, Kang; Goldbaum, Michael (2018), "Labeled Optical
+Coherence Tomography (OCT) and Chest X-Ray Images for Classification", Mendeley Data, v2,
+doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
+
+- Split: {data.get("split", "")}. Patients were parsed from file names; no patient is in both splits.
+- Training: {data.get("train_images")} images from {data.get("train_patients")} patients.
+  Validation: {data.get("val_images")} images from {data.get("val_patients")} patients.
+- The official test split was withheld from this project and never used.
+- Recipe: {cfg.epochs} epochs at most ({data.get("epochs_run")} run, best epoch {data.get("best_epoch")}),
+  {cfg.optimizer} lr {cfg.lr}, {cfg.schedule} schedule, balance = {cfg.balance}, loss = {cfg.loss},
+  label smoothing {cfg.label_smoothing}; augmentation: rotation ±{cfg.augment.rotation_deg}°,
+  shift {cfg.augment.shift}, zoom {cfg.augment.zoom}, shear {cfg.augment.shear_deg}°,
+  brightness/contrast/gamma {cfg.augment.brightness}/{cfg.augment.contrast}/{cfg.augment.gamma},
+  horizontal flip {"on" if cfg.augment.hflip else "off"}. The config is `train_config.toml`;
+  the per-epoch log is `training_log.json`.
+
+## Validation figures (held-out patients, {val["n_images"]} images, {val["n_positive"]} {m.flag_label})
+Intervals are 95% percentile bootstrap intervals over images (1000 resamples).
+
+| metric | value |
+| --- | --- |
+| AUROC | {_ci(val, "auroc")} |
+| accuracy | {_ci(val, "accuracy")} |
+| sensitivity | {_ci(val, "sensitivity")} |
+| specificity | {_ci(val, "specificity")} |
+| precision | {val["precision"]:.3f} |
+| F1 | {val["f1"]:.3f} |
+| expected calibration error | {val["ece"]:.3f} |
+| confusion (tp/fp/tn/fn) | {val["tp"]}/{val["fp"]}/{val["tn"]}/{val["fn"]} |
+
+## Operating threshold
+{m.threshold:.4f}, chosen by the rule `{m.threshold_rule}`, after temperature scaling fitted
+on the same validation patients. Because threshold, temperature and these figures all come from
+the same validation patients, the figures are optimistic; the withheld test split is the honest
+measure.
+
+## Limitations
+- One hospital, one population (children aged 1-5), AP views: figures will not transfer to adults,
+  PA views, other scanners or other hospitals without local validation.
+- Validation images come from the same source as training; published work on this set shows lower
+  accuracy on its official test split than on internal validation.
+- Pneumonia labels are image-level; the model does not localise disease (Grad-CAM maps are an aid,
+  not evidence), and it cannot distinguish bacterial from viral pneumonia.
+- Low input resolution ({m.input_size} px) limits subtle findings.
+"""

@@ -1,0 +1,53 @@
+"""Grad-CAM (Selvaraju et al., 2017) for the flag label, on the last convolution of the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from cxrtriage.models.inference import Classifier
+
+
+def _last_conv(model: nn.Module) -> nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1]
+
+
+def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
+    """A [0, 1] heat map the size of `image` ([S, S] in [0, 1])."""
+    m = classifier.manifest
+    layer = _last_conv(classifier.model)
+    store: dict[str, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)),
+             layer.register_full_backward_hook(lambda _m, _gi, go: store.__setitem__("grad", go[0]))]
+    try:
+        x = ((torch.from_numpy(image).float() - m.mean) / m.std)[None, None].to(classifier.device)
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            logits = classifier.model(x)
+            classifier.model.zero_grad()
+            logits[0, m.labels.index(m.flag_label)].backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * store["act"]).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0]
+    cam = cam.detach().cpu().numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def save_heatmap(classifier: Classifier, image: np.ndarray, target: Path) -> Path:
+    """The image in gray with the heat map blended in red."""
+    cam = gradcam(classifier, image)
+    gray = (image * 255).astype(np.uint8)
+    rgb = np.stack([gray, gray, gray], axis=-1).astype(np.float32)
+    rgb[..., 0] = rgb[..., 0] * (1 - 0.5 * cam) + 255 * 0.5 * cam
+    rgb[..., 1:] *= (1 - 0.5 * cam)[..., None]
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(target)
+    return target

@@ -1,0 +1,65 @@
+"""Batched inference with a loaded package, on a device chosen once per process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrtriage.domain import Prediction
+from cxrtriage.models.package import Manifest, load_package
+
+logger = logging.getLogger(__name__)
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Classifier:
+    """A model package ready to score preprocessed images ([N, S, S] floats in [0, 1])."""
+
+    def __init__(self, package_dir: str | Path, device: torch.device | None = None,
+                 batch_size: int = 16) -> None:
+        self.device = device or choose_device()
+        self.manifest, self.model = load_package(package_dir, self.device)
+        self.batch_size = batch_size
+        logger.info("model loaded", extra={"model": self.manifest.name,
+                                           "model_version": self.manifest.version,
+                                           "device": str(self.device)})
+
+    @property
+    def input_size(self) -> int:
+        return self.manifest.input_size
+
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        """Raw logits for a stack of images; gradients off, eval mode, in batches."""
+        m = self.manifest
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
+                batch = ((batch.float() - m.mean) / m.std).unsqueeze(1).to(self.device)
+                out.append(self.model(batch).float().cpu())
+        return torch.cat(out) if out else torch.zeros((0, len(m.labels)))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Temperature-scaled softmax probabilities, columns in manifest label order."""
+        return torch.softmax(self.logits(images) / self.manifest.temperature, dim=1).numpy()
+
+    def predict(self, sop_uids: list[str], images: np.ndarray) -> list[Prediction]:
+        m = self.manifest
+        probs = self.probabilities(images)
+        flag_index = m.labels.index(m.flag_label)
+        return [
+            Prediction(
+                sop_instance_uid=uid,
+                probabilities={label: float(p[i]) for i, label in enumerate(m.labels)},
+                flagged=bool(p[flag_index] >= m.threshold),
+                threshold=m.threshold,
+                flag_label=m.flag_label,
+            )
+            for uid, p in zip(sop_uids, probs, strict=True)
+        ]

@@ -1,0 +1,89 @@
+"""Turn a finished training run into a model package: calibrate on validation patients, choose
+the operating threshold by the configured rule, measure with intervals, record regression
+predictions, and write the card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, fit_to_square, load_gray
+from cxrtriage.models import metrics
+from cxrtriage.models.calibration import fit_temperature
+from cxrtriage.models.card import render_card
+from cxrtriage.models.inference import Classifier
+from cxrtriage.models.package import MANIFEST_FILE, Manifest, save_package
+from cxrtriage.models.train_config import TrainConfig
+from cxrtriage.models.training import HISTORY, best_model, predict_logits, prepare_data
+
+REGRESSION_IMAGES_PER_LABEL = 2
+
+
+def validation_metrics(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    auroc, low, high = metrics.bootstrap_auroc(y, probs)
+    at = metrics.at_threshold(y, probs, threshold)
+    out: dict[str, Any] = {"n_images": int(len(y)), "n_positive": int(y.sum()),
+                           "auroc": auroc, "auroc_95ci": [low, high],
+                           "ece": metrics.expected_calibration_error(y, probs), **at.as_dict()}
+    for name in ("accuracy", "sensitivity", "specificity"):
+        out[f"{name}_95ci"] = list(metrics.bootstrap_metric(y, probs, threshold, name))
+    return out
+
+
+def _regression_samples(data: Any, labels: list[str], data_root: Path) -> list[tuple[str, Path]]:
+    chosen: list[tuple[str, Path]] = []
+    for label in labels:
+        picks = [s for s in data.val if s.label == label][:REGRESSION_IMAGES_PER_LABEL]
+        chosen += [(str(Path(s.path).relative_to(data_root)), Path(s.path)) for s in picks]
+    return chosen
+
+
+def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str | Path) -> Path:
+    data = prepare_data(cfg, run_dir / "cache" if (run_dir / "cache").exists() else Path(".cache"))
+    model = best_model(cfg, run_dir, len(data.labels))
+    device = torch.device("cpu")
+    logits = predict_logits(model, data.val_images, cfg, device)
+    temperature = fit_temperature(logits, torch.from_numpy(data.val_y).long())
+    flag_index = data.labels.index(cfg.flag_label)
+    probs = torch.softmax(logits / temperature, 1)[:, flag_index].numpy()
+    y = (data.val_y == flag_index).astype(int)
+    threshold = metrics.choose_threshold(y, probs, cfg.threshold_rule)
+    val = validation_metrics(y, probs, threshold)
+    history = json.loads((run_dir / HISTORY).read_text())
+    val_patients = len({s.patient for s in data.val})
+    manifest = Manifest(
+        name=cfg.name, version=cfg.version, architecture=cfg.architecture,
+        input_size=cfg.input_size, in_channels=1, mean=cfg.mean, std=cfg.std, labels=data.labels,
+        flag_label=cfg.flag_label, threshold=threshold, temperature=temperature,
+        threshold_rule=f"{cfg.threshold_rule} on validation patients",
+        preprocessing_version=PREPROCESSING_VERSION, intended_population=cfg.intended_population,
+        training_data={"description": cfg.data_description,
+                        "train_images": len(data.train), "val_images": len(data.val),
+                        "train_patients": len({s.patient for s in data.train}),
+                        "val_patients": val_patients, "split": "by patient, seed "
+                        f"{cfg.seed}, {cfg.val_fraction:.0%} of patients held out per label",
+                        "epochs_run": len(history), "best_epoch": max(
+                            history, key=lambda r: r[f"val_{cfg.early_stopping_metric}"]
+                            * (-1 if cfg.early_stopping_metric == "loss" else 1))["epoch"],
+                        "packaged_at": datetime.now(UTC).isoformat(timespec="seconds")},
+        metrics={"validation": val})
+    saved = save_package(output, model, manifest, "")
+    data_root = Path(cfg.data)
+    samples = _regression_samples(data, data.labels, data_root)
+    classifier = Classifier(output, device=device)
+    images = np.stack([fit_to_square(load_gray(p), cfg.input_size) for _, p in samples])
+    regression = {rel: classifier.predict([rel], img[None])[0].probabilities
+                  for (rel, _), img in zip(samples, images, strict=True)}
+    final = replace(saved, regression={"data_root": "kermany-cxr-224", "predictions": regression})
+    (output / MANIFEST_FILE).write_text(json.dumps(asdict(final), indent=2) + "\n")
+    (output / "MODEL_CARD.md").write_text(render_card(final, cfg, history))
+    shutil.copy(config_file, output / "train_config.toml")
+    shutil.copy(run_dir / HISTORY, output / "training_log.json")
+    return output

@@ -1,0 +1,1 @@
+"""Orchestration: the Celery app, thin tasks, the scheduler and the processing pipeline."""

@@ -1,0 +1,49 @@
+"""The Celery application. The same task code runs on the embedded filesystem broker and on Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from cxrtriage.config import Settings
+from cxrtriage.worker.runtime import configure_runtime, reset_runtime
+
+QUEUE = "cxrtriage"
+app = Celery("cxrtriage", include=["cxrtriage.worker.tasks"])
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    if not settings.broker_url.startswith("filesystem"):
+        return {}
+    queue = Path(settings.broker_dir).resolve() / "queue"
+    processed = Path(settings.broker_dir).resolve() / "processed"
+    for folder in (queue, processed):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"data_folder_in": str(queue), "data_folder_out": str(queue),
+            "processed_folder": str(processed), "store_processed": False}
+
+
+def configure_app(settings: Settings) -> Celery:
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_ignore_result=True,
+        task_acks_late=True,  # a message is acknowledged only after its study is done
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    configure_runtime(settings)
+    return app
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    reset_runtime()

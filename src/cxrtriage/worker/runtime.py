@@ -1,0 +1,56 @@
+"""Per-process resources (database engine, store, model), created lazily after fork, never at import."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from cxrtriage.config import Settings
+from cxrtriage.db.session import Database
+from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.errors import ConfigError
+from cxrtriage.models.inference import Classifier
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    store: InstanceStore
+    _classifier: Classifier | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def classifier(self) -> Classifier:
+        """Loaded once per worker process, on first use, on the device chosen once."""
+        with self._lock:
+            if self._classifier is None:
+                self._classifier = Classifier(self.settings.model)
+            return self._classifier
+
+
+_settings: Settings | None = None
+_runtime: Runtime | None = None
+_pid: int | None = None
+
+
+def configure_runtime(settings: Settings) -> None:
+    global _settings, _runtime
+    _settings, _runtime = settings, None
+
+
+def runtime() -> Runtime:
+    global _runtime, _pid
+    if _settings is None:
+        raise ConfigError("the worker runtime was used before configure_runtime(settings)")
+    if _runtime is None or _pid != os.getpid():
+        _runtime = Runtime(_settings, Database(_settings.database_url), InstanceStore(_settings.storage_dir))
+        _pid = os.getpid()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Drop inherited connections in a freshly forked child (worker_process_init)."""
+    global _runtime
+    _runtime = None
