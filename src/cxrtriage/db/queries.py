@@ -18,6 +18,7 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         results = session.scalars(select(InferenceResult).where(
             InferenceResult.instance_id.in_([i.id for i in instances]),
             InferenceResult.model_version_id == study.model_version_id)).all()
+        uid_by_id = {i.id: i.sop_instance_uid for i in instances}
         export = session.scalar(select(SrExport).where(SrExport.study_id == study.id)
                                 .order_by(SrExport.id.desc()).limit(1))
         flag_probs = [r.probabilities.get(r.flag_label, 0.0) for r in results]
@@ -29,7 +30,10 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
             "instances": len(instances),
             "instance_states": {i.sop_instance_uid: {"state": i.state, "reason": i.reason}
                                 for i in instances},
-            "results": {r.instance_id: r.probabilities for r in results},
+            "image_results": {uid_by_id[r.instance_id]: {
+                "probability": r.probabilities.get(r.flag_label), "probabilities": r.probabilities,
+                "flagged": r.flagged, "threshold": r.threshold,
+                "warnings": r.warnings.get("warnings", [])} for r in results},
             "sr_state": export.state if export else None,
             "sr_uid": export.sr_sop_instance_uid if export else None,
             "sr_attempts": export.attempts if export else 0,

@@ -72,12 +72,22 @@ def claim_study(session: Session, study_uid: str, lease_seconds: float) -> Study
     return session.scalar(select(Study).where(Study.study_uid == study_uid))
 
 
-def finish_study(session: Session, study_id: int, claimed_revision: int, state: StudyState,
-                 reason: str, flagged: bool | None, model_version_id: int | None) -> bool:
-    """Record the outcome unless new instances arrived meanwhile (then the study stays received
-    and is processed again with them). Returns whether the outcome was recorded."""
+def extend_lease(session: Session, study_id: int, attempt: int, lease_seconds: float) -> bool:
+    """Heartbeat of a working worker. False when the claim was lost (the lease had expired)."""
     result = session.execute(update(Study).where(
-        Study.id == study_id, Study.state == StudyState.PROCESSING, Study.revision == claimed_revision)
+        Study.id == study_id, Study.state == StudyState.PROCESSING, Study.attempts == attempt)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_study(session: Session, study_id: int, claimed_revision: int, attempt: int,
+                 state: StudyState, reason: str, flagged: bool | None,
+                 model_version_id: int | None) -> bool:
+    """Record the outcome if this claim (attempt) still holds and no new instance arrived
+    meanwhile; otherwise the study is, or will be, processed again. Returns whether recorded."""
+    result = session.execute(update(Study).where(
+        Study.id == study_id, Study.state == StudyState.PROCESSING, Study.attempts == attempt,
+        Study.revision == claimed_revision)
         .values(state=state, reason=reason, flagged=flagged, model_version_id=model_version_id,
                 finished_at=utcnow(), lease_expires_at=None))
     return bool(result.rowcount)  # type: ignore[attr-defined]

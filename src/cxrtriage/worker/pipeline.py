@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
 
@@ -17,7 +18,13 @@ from pydicom.dataset import Dataset
 
 from cxrtriage.db.models import Instance
 from cxrtriage.db.results import latest_export, record_export, register_model, save_predictions
-from cxrtriage.db.studies import claim_study, finish_study, study_instances, update_series_states
+from cxrtriage.db.studies import (
+    claim_study,
+    extend_lease,
+    finish_study,
+    study_instances,
+    update_series_states,
+)
 from cxrtriage.dicom.gating import gate_image
 from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, dataset_to_gray, fit_to_square
 from cxrtriage.dicom.reading import read_dataset
@@ -107,30 +114,34 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
         study = claim_study(session, study_uid, rt.settings.processing_lease_seconds)
         if study is None:
             return None
-        study_id, revision = study.id, int(study.claimed_revision or 0)
+        study_id, revision, attempt = study.id, int(study.claimed_revision or 0), study.attempts
         rows = [(i.id, i.sop_instance_uid, i.path) for i in study_instances(session, study_id)]
         model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
-    logger.info("processing study", extra={"study_uid": study_uid, "instances": len(rows)})
-    items = [examine(iid, uid, path, manifest) for iid, uid, path in rows]
-    accepted = [i for i in items if i.image is not None]
-    predictions: dict[int, Prediction] = {}
-    if accepted:
-        preds = classifier.predict([i.sop_uid for i in accepted], np.stack([i.image for i in accepted]))
-        for item, pred in zip(accepted, preds, strict=True):
-            predictions[item.instance_id] = pred
-            item.state = InstanceState.CLASSIFIED
-    state, reason = _study_outcome(items)
-    flagged = any(p.flagged for p in predictions.values()) if predictions else None
-    report = StudyReport(model=manifest.model_info(), flag_label=manifest.flag_label,
-                         threshold=manifest.threshold, predictions=list(predictions.values()),
-                         sources=[i.header for i in items if i.header is not None],
-                         flagged=bool(flagged), not_analysed_reason=reason)
-    sr_path, sr = _write_sr(rt, study_id, report)
+    logger.info("processing study", extra={"study_uid": study_uid, "instances": len(rows),
+                                           "attempt": attempt})
+    with LeaseKeeper(rt, study_id, attempt):
+        items = [examine(iid, uid, path, manifest) for iid, uid, path in rows]
+        accepted = [i for i in items if i.image is not None]
+        predictions: dict[int, Prediction] = {}
+        if accepted:
+            preds = classifier.predict([i.sop_uid for i in accepted],
+                                       np.stack([i.image for i in accepted]))
+            for item, pred in zip(accepted, preds, strict=True):
+                predictions[item.instance_id] = pred
+                item.state = InstanceState.CLASSIFIED
+        state, reason = _study_outcome(items)
+        flagged = any(p.flagged for p in predictions.values()) if predictions else None
+        report = StudyReport(model=manifest.model_info(), flag_label=manifest.flag_label,
+                             threshold=manifest.threshold, predictions=list(predictions.values()),
+                             sources=[i.header for i in items if i.header is not None],
+                             flagged=bool(flagged), not_analysed_reason=reason)
+        sr_path, sr = _write_sr(rt, study_id, report)
     with rt.db.session() as session:
-        if not finish_study(session, study_id, revision, state, reason, flagged, model_version_id):
-            logger.info("new instances arrived during processing; study will run again",
-                        extra={"study_uid": study_uid})
-            return StudyState.RECEIVED
+        if not finish_study(session, study_id, revision, attempt, state, reason, flagged,
+                            model_version_id):
+            logger.info("study changed during processing (new instances or a lost lease); "
+                        "result not recorded", extra={"study_uid": study_uid, "attempt": attempt})
+            return None
         for item in items:
             row = session.get(Instance, item.instance_id)
             if row is not None:
@@ -148,6 +159,34 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
     logger.info("study finished", extra={"study_uid": study_uid, "state": state,
                                          "flagged": flagged, "export_id": export_id})
     return state
+
+
+class LeaseKeeper:
+    """Renews the study's lease while this worker works on it, so that only a dead worker's
+    study is handed to another."""
+
+    def __init__(self, rt: Runtime, study_id: int, attempt: int) -> None:
+        self.rt, self.study_id, self.attempt = rt, study_id, attempt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        lease = self.rt.settings.processing_lease_seconds
+        while not self._stop.wait(lease / 3):
+            try:
+                with self.rt.db.session() as session:
+                    if not extend_lease(session, self.study_id, self.attempt, lease):
+                        return
+            except Exception:  # a missed heartbeat only risks a redo, never a loss
+                logger.warning("lease renewal failed", extra={"study_id": self.study_id})
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _supersedes(sr: Dataset) -> str | None:

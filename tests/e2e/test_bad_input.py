@@ -1,0 +1,74 @@
+"""Every input a hospital can send gets a clear answer, and the receiver keeps serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from cxrtriage.dicom.contexts import CT, DX_PRESENTATION
+from tests.factory import radiograph, write_study
+from tests.peers import echoscu, encode_dataset, send_raw, storescu
+from tests.servers import wait_for
+
+
+def _statuses(port: int, work: Path) -> dict[str, int]:
+    good = radiograph()
+    full = encode_dataset(good)
+    no_pixels = radiograph()
+    del no_pixels.PixelData
+    bad_uid = radiograph()
+    bad_uid.StudyInstanceUID = "1.2.3/../../etc"
+    short = radiograph()
+    short.PixelData = short.PixelData[: len(short.PixelData) // 3]
+    return {
+        "non-DICOM": send_raw(port, b"MZ\x90\x00 this is not DICOM " * 64, DX_PRESENTATION, generate_uid(), work),
+        "truncated": send_raw(port, full[: len(full) // 2], DX_PRESENTATION, str(good.SOPInstanceUID), work),
+        "no pixel data": send_raw(port, encode_dataset(no_pixels), DX_PRESENTATION,
+                                  str(no_pixels.SOPInstanceUID), work),
+        "invalid UID": send_raw(port, encode_dataset(bad_uid), DX_PRESENTATION,
+                                str(bad_uid.SOPInstanceUID), work),
+        "short pixel data": send_raw(port, encode_dataset(short), DX_PRESENTATION,
+                                     str(short.SOPInstanceUID), work),
+    }
+
+
+@pytest.mark.slow
+def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_factory, tiny_package) -> None:
+    service = service_factory({"CXRTRIAGE_MODEL": str(tiny_package)})
+    service.start("serve", "serve")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+
+    statuses = _statuses(service.port, tmp_path)
+    for case, status in statuses.items():
+        assert status in (0xC210, 0xA900), f"{case}: status 0x{status:04X} is not a failure"
+    assert echoscu(service.port), "the receiver stopped serving after bad input"
+
+    ct = radiograph(modality="CT", sop_class_uid=CT, view="", body_part="CHEST")
+    lateral = radiograph(view="LL")
+    files = write_study(tmp_path / "send", [ct, lateral])
+    sent = storescu(service.port, files)
+    assert sent.returncode == 0, sent.stderr
+
+    def skipped() -> list[dict]:
+        rows = json.loads(service.cli("studies", "--json"))["studies"]
+        mine = [r for r in rows if r["study_uid"] in (ct.StudyInstanceUID, lateral.StudyInstanceUID)]
+        return mine if len(mine) == 2 and all(r["state"] == "skipped" for r in mine) else []
+
+    rows = {r["study_uid"]: r for r in wait_for(skipped, 60, "CT and lateral to be skipped")}  # type: ignore[union-attr]
+    assert "modality CT is not a chest radiograph" in rows[ct.StudyInstanceUID]["reason"]
+    assert "lateral view" in rows[lateral.StudyInstanceUID]["reason"]
+    assert all(r["sr_uid"] for r in rows.values()), "a skipped study still gets an SR saying why"
+
+    table = service.cli("studies")
+    for reason in ("dataset has no PixelData", "is not a valid DICOM UID", "pixel data is",
+                   "modality CT is not a chest radiograph", "lateral view"):
+        assert reason in table, f"`cxrtriage studies` does not show: {reason}"
+    refused = json.loads(service.cli("studies", "--json"))["rejections"]
+    assert len(refused) == len(statuses)
+    assert all(r["quarantine_path"] and Path(r["quarantine_path"]).is_file() for r in refused), \
+        "refused payloads are kept, not lost"
+    service.stop()
+    service.check_logs()

@@ -1,0 +1,114 @@
+"""PACS -> receiver -> worker -> SR -> PACS, with Orthanc as the PACS and no mocks in the path."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import BUNDLED
+from tests.factory import radiograph
+from tests.servers import Orthanc, wait_for
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _content_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    items = []
+    for item in ds.get("ContentSequence", []):
+        items.append(item)
+        items.extend(_content_items(item))
+    return items
+
+
+def _meaning(item: pydicom.Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeMeaning) if "ConceptNameCodeSequence" in item else ""
+
+
+def _find_sr(orthanc: Orthanc, study_uid: str) -> pydicom.Dataset | None:
+    found = orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+        "StudyInstanceUID": study_uid, "SOPClassUID": COMPREHENSIVE_3D_SR}})
+    if not found:
+        return None
+    raw = orthanc.get(f"/instances/{found[0]}/file")  # type: ignore[index]
+    return pydicom.dcmread(BytesIO(raw))  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_study_sent_by_orthanc_comes_back_as_sr(tmp_path: Path, service_factory, tiny_package) -> None:
+    package = BUNDLED if (BUNDLED / "manifest.json").is_file() else tiny_package
+    service = service_factory({"CXRTRIAGE_MODEL": str(package)})
+    orthanc = Orthanc(tmp_path, tmp_path, "CXRTRIAGE", service.port)
+    service.env["CXRTRIAGE_SR_DESTINATION"] = f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"
+    service.procs.append(orthanc.proc)
+    service.start("serve", "serve")
+    study_uid = generate_uid()
+    series_uid = generate_uid()
+    images = [radiograph(study_uid, "pneumonia-1", SeriesInstanceUID=series_uid, InstanceNumber=1),
+              radiograph(study_uid, "normal-1", SeriesInstanceUID=series_uid, InstanceNumber=2)]
+    ids = []
+    for ds in images:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        ids.append(orthanc.post("/instances", buffer.getvalue())["ID"])  # type: ignore[index]
+    wait_for(lambda: _echo_ok(orthanc), 60, "receiver to answer Orthanc's C-ECHO", interval=0.5)
+    orthanc.post("/modalities/cxrtriage/store", {"Resources": ids, "Synchronous": True})
+
+    sr = wait_for(lambda: _find_sr(orthanc, study_uid), 120, "the SR to arrive in Orthanc", 0.5)
+    assert isinstance(sr, pydicom.Dataset)
+    studies = json.loads(service.cli("studies", "--json"))["studies"]
+    row = next(s for s in studies if s["study_uid"] == study_uid)
+    assert row["state"] == "done" and row["sr_state"] == "sent"
+
+    # The SR: same study, new series, our model as the observer, one probability per label per image.
+    assert sr.StudyInstanceUID == study_uid and sr.SeriesInstanceUID != series_uid
+    assert sr.SOPInstanceUID == row["sr_uid"]
+    manifest = json.loads((package / "manifest.json").read_text())
+    items = _content_items(sr)
+    texts = {_meaning(i): str(i.TextValue) for i in items if i.ValueType == "TEXT"}
+    assert texts["Device Observer Name"] == manifest["name"]
+    assert texts["Algorithm Version"] == manifest["version"]
+    referenced = {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                  for i in items if i.ValueType == "IMAGE"}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in images}
+    per_image = _image_results(sr, manifest["flag_label"])
+    db_by_uid = {uid: r["probability"] for uid, r in row["image_results"].items()}
+    assert per_image == pytest.approx(db_by_uid, abs=1e-5)
+    threshold = [float(i.MeasuredValueSequence[0].NumericValue) for i in items
+                 if _meaning(i) == "Operating threshold"]
+    assert threshold == [pytest.approx(manifest["threshold"])]
+    study_flag = next(str(i.ConceptCodeSequence[0].CodeMeaning) for i in items
+                      if i.ValueType == "CODE" and _meaning(i) == "Flagged for radiologist review")
+    assert study_flag == ("Yes" if max(per_image.values()) >= manifest["threshold"] else "No")
+    assert row["flagged"] == (study_flag == "Yes")
+    if package == BUNDLED:  # the trained model must flag the pneumonia sample and not the normal one
+        pneumonia, normal = (str(ds.SOPInstanceUID) for ds in images)
+        assert per_image[pneumonia] >= manifest["threshold"] > per_image[normal]
+
+    service.stop()
+    service.check_logs()
+
+
+def _image_results(sr: pydicom.Dataset, label: str) -> dict[str, float]:
+    """Flag-label probability per referenced image, read from each image measurement group."""
+    out = {}
+    for group in _content_items(sr):
+        children = group.get("ContentSequence", [])
+        refs = [c for c in children if c.ValueType == "IMAGE"]
+        probs = [c for c in children if c.ValueType == "NUM" and _meaning(c) == f"Probability of {label}"]
+        if refs and probs:
+            uid = str(refs[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            out[uid] = float(probs[0].MeasuredValueSequence[0].NumericValue)
+    return out
+
+
+def _echo_ok(orthanc: Orthanc) -> bool:
+    try:
+        orthanc.post("/modalities/cxrtriage/echo", b"{}")
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,56 @@
+"""Production mode: PostgreSQL (migrated with Alembic), Redis as the broker, two Celery workers,
+dcmtk's storescu sending and dcmtk's storescp receiving the SR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.factory import radiograph, write_study
+from tests.peers import echoscu, storescu
+from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, start_postgres, start_redis, wait_for
+
+
+@pytest.mark.slow
+def test_redis_postgres_two_workers(tmp_path: Path, service_factory, tiny_package) -> None:
+    redis, redis_port = start_redis(tmp_path)
+    postgres, db_url = start_postgres(tmp_path)
+    scp_port = free_port()
+    inbox = tmp_path / "pacs-inbox"
+    inbox.mkdir()
+    storescp = Proc("storescp", [binary("storescp"), "-aet", "PACS", "-od", str(inbox), "+xa",
+                                 str(scp_port)], tmp_path)
+    service = service_factory({
+        "CXRTRIAGE_ENVIRONMENT": "production", "CXRTRIAGE_DATABASE_URL": db_url,
+        "CXRTRIAGE_BROKER_URL": f"redis://{LOOPBACK}:{redis_port}/0",
+        "CXRTRIAGE_MODEL": str(tiny_package), "CXRTRIAGE_SR_DESTINATION": f"PACS@{LOOPBACK}:{scp_port}"})
+    service.procs += [redis, postgres, storescp]
+    wait_for(lambda: port_open(scp_port), 30, "storescp")
+    assert "latest revision" in service.cli("db", "upgrade")
+    service.start("receiver", "receiver")
+    service.start("worker-1", "worker")
+    service.start("worker-2", "worker")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+
+    studies = [generate_uid() for _ in range(3)]
+    files = [f for uid in studies for f in write_study(tmp_path / uid, [radiograph(uid), radiograph(uid)])]
+    assert storescu(service.port, files).returncode == 0
+
+    def all_sent() -> list[dict]:
+        rows = json.loads(service.cli("studies", "--json"))["studies"]
+        mine = [r for r in rows if r["study_uid"] in studies]
+        return mine if len(mine) == 3 and all(r["sr_state"] == "sent" for r in mine) else []
+
+    rows = wait_for(all_sent, 120, "three SRs sent", interval=0.5)
+    assert all(r["state"] == "done" and len(r["image_results"]) == 2 for r in rows)  # type: ignore[union-attr]
+    received = [pydicom.dcmread(p) for p in inbox.iterdir()]
+    assert sorted(str(ds.StudyInstanceUID) for ds in received) == sorted(studies)
+    assert {str(ds.SOPInstanceUID) for ds in received} == {r["sr_uid"] for r in rows}  # type: ignore[union-attr]
+    worker_logs = [p.log() for p in service.procs if p.name.startswith("worker")]
+    assert all("cxrtriage.process_study" in log for log in worker_logs) or len(studies) < 2
+    service.stop()
+    service.check_logs()

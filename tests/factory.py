@@ -1,0 +1,53 @@
+"""Test data: the repository's sample radiographs re-wrapped with sentinel patient data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from cxrtriage.dicom.wrap import wrap_image
+from cxrtriage.models.architectures import build_model
+from cxrtriage.models.package import Manifest, save_package
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SENTINELS = {"PatientName": "SENTINELNAME^LEAKCHECK", "PatientID": "SENTINELPID4711",
+             "PatientBirthDate": "20210304", "AccessionNumber": "SENTINELACC42"}
+SENTINEL_STRINGS = ["SENTINELNAME", "LEAKCHECK", "SENTINELPID4711", "20210304", "SENTINELACC42"]
+
+
+def sample_pixels(name: str = "pneumonia-1") -> np.ndarray:
+    return pydicom.dcmread(SAMPLES / f"{name}.dcm").pixel_array.astype(np.uint8)
+
+
+def radiograph(study_uid: str | None = None, name: str = "pneumonia-1", **kwargs: Any) -> Dataset:
+    attrs = {**SENTINELS, "PatientAge": "003Y", **kwargs}
+    return wrap_image(sample_pixels(name), study_uid=study_uid or generate_uid(), **attrs)
+
+
+def write_study(folder: Path, datasets: list[Dataset]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def random_package(target: Path, architecture: str = "resnet18", input_size: int = 64,
+                   seed: int = 0) -> Path:
+    """A package with random weights, for pipeline tests only; never shipped or called a model."""
+    torch.manual_seed(seed)
+    manifest = Manifest(name=f"test-random-{architecture}", version="0.0.0-test",
+                        architecture=architecture, input_size=input_size, in_channels=1, mean=0.5,
+                        std=0.25, labels=["NORMAL", "PNEUMONIA"], flag_label="PNEUMONIA",
+                        threshold=0.5, intended_population={"min_age_years": 1, "max_age_years": 5})
+    save_package(target, build_model(architecture, 2), manifest, "# random weights, tests only\n")
+    return target
