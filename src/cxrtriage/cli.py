@@ -148,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config_file, epochs=args.epochs)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     train(cfg, run_dir, cache_dir=args.cache_dir)
-    out = package_run(cfg, run_dir, Path(args.output or run_dir / "package"), args.config_file)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    out = package_run(cfg, run_dir, Path(args.output or run_dir / "package"), args.config_file, cache)
     print(f"model package written to {out}")
     return 0
 
@@ -158,7 +159,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     from cxrtriage.models.train_config import load_train_config
 
     cfg = load_train_config(args.config_file)
-    out = package_run(cfg, Path(args.run_dir), Path(args.output), args.config_file)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    out = package_run(cfg, Path(args.run_dir), Path(args.output), args.config_file, cache)
     print(f"model package written to {out}")
     return 0
 
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config_file")
     p.add_argument("run_dir")
     p.add_argument("output")
+    p.add_argument("--cache-dir")
     p = add("evaluate", cmd_evaluate, "evaluate a model package on labelled data")
     p.add_argument("package")
     p.add_argument("data", help="class folders or CSV")

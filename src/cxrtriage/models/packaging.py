@@ -21,9 +21,10 @@ from cxrtriage.models.card import render_card
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.package import MANIFEST_FILE, Manifest, save_package
 from cxrtriage.models.train_config import TrainConfig
-from cxrtriage.models.training import HISTORY, best_model, predict_logits, prepare_data
+from cxrtriage.models.training import HISTORY, Prepared, best_model, predict_logits, prepare_data
 
 REGRESSION_IMAGES_PER_LABEL = 2
+REGRESSION_DIR = "regression"
 
 
 def validation_metrics(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -37,16 +38,21 @@ def validation_metrics(y: np.ndarray, probs: np.ndarray, threshold: float) -> di
     return out
 
 
-def _regression_samples(data: Any, labels: list[str], data_root: Path) -> list[tuple[str, Path]]:
-    chosen: list[tuple[str, Path]] = []
+def _copy_regression_images(data: Prepared, labels: list[str], output: Path) -> list[str]:
+    """A few validation images, copied into the package so the regression check needs nothing else."""
+    chosen = []
     for label in labels:
-        picks = [s for s in data.val if s.label == label][:REGRESSION_IMAGES_PER_LABEL]
-        chosen += [(str(Path(s.path).relative_to(data_root)), Path(s.path)) for s in picks]
+        for sample in [s for s in data.val if s.label == label][:REGRESSION_IMAGES_PER_LABEL]:
+            relative = Path(REGRESSION_DIR) / label / Path(sample.path).name
+            (output / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample.path, output / relative)
+            chosen.append(str(relative))
     return chosen
 
 
-def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str | Path) -> Path:
-    data = prepare_data(cfg, run_dir / "cache" if (run_dir / "cache").exists() else Path(".cache"))
+def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str | Path,
+                cache_dir: Path | None = None) -> Path:
+    data = prepare_data(cfg, cache_dir or run_dir / "cache")
     model = best_model(cfg, run_dir, len(data.labels))
     device = torch.device("cpu")
     logits = predict_logits(model, data.val_images, cfg, device)
@@ -75,13 +81,12 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
                         "packaged_at": datetime.now(UTC).isoformat(timespec="seconds")},
         metrics={"validation": val})
     saved = save_package(output, model, manifest, "")
-    data_root = Path(cfg.data)
-    samples = _regression_samples(data, data.labels, data_root)
     classifier = Classifier(output, device=device)
-    images = np.stack([fit_to_square(load_gray(p), cfg.input_size) for _, p in samples])
-    regression = {rel: classifier.predict([rel], img[None])[0].probabilities
-                  for (rel, _), img in zip(samples, images, strict=True)}
-    final = replace(saved, regression={"data_root": "kermany-cxr-224", "predictions": regression})
+    regression = {}
+    for relative in _copy_regression_images(data, data.labels, output):
+        image = fit_to_square(load_gray(output / relative), cfg.input_size)
+        regression[relative] = classifier.predict([relative], image[None])[0].probabilities
+    final = replace(saved, regression={"predictions": regression})
     (output / MANIFEST_FILE).write_text(json.dumps(asdict(final), indent=2) + "\n")
     (output / "MODEL_CARD.md").write_text(render_card(final, cfg, history))
     shutil.copy(config_file, output / "train_config.toml")

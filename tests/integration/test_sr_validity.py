@@ -1,0 +1,72 @@
+"""Every kind of SR we write passes dciodvfy with zero errors and is readable by dcmtk's dsrdump."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from cxrtriage.dicom.sr_writer import StudyReport, build_report
+from cxrtriage.domain import ModelInfo, Prediction
+from tests.factory import radiograph
+from tests.servers import binary
+
+MODEL = ModelInfo(name="cxrtriage-test", version="1.0.0", creator="cxr-triage",
+                  device_uid="1.2.826.0.1.3680043.10.1367.1", weights_sha256="ab" * 32)
+
+
+def _prediction(ds, p: float) -> Prediction:
+    return Prediction(str(ds.SOPInstanceUID), {"NORMAL": 1 - p, "PNEUMONIA": p}, p >= 0.5, 0.5, "PNEUMONIA")
+
+
+def _validate(path: Path) -> None:
+    result = subprocess.run([binary("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)
+    dump = subprocess.run([binary("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "Comprehensive 3D SR" in dump.stdout, dump.stderr
+
+
+@pytest.fixture
+def study():
+    uid = generate_uid()
+    return [radiograph(uid), radiograph(uid, "normal-1")]
+
+
+@pytest.mark.parametrize(("kind", "probabilities", "reason"), [
+    ("flagged", [0.91, 0.12], ""),
+    ("normal", [0.08, 0.12], ""),
+    ("not analysed", [], "no frontal chest radiograph: lateral view"),
+])
+def test_sr_is_valid(tmp_path, study, kind, probabilities, reason):
+    preds = [_prediction(ds, p) for ds, p in zip(study, probabilities, strict=False)]
+    report = StudyReport(MODEL, "PNEUMONIA", 0.5, preds, study, flagged=any(p.flagged for p in preds),
+                         not_analysed_reason=reason)
+    sr = build_report(report)
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    assert sr.StudyInstanceUID == study[0].StudyInstanceUID
+    path = tmp_path / f"{kind}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    _validate(path)
+
+
+def test_superseding_sr_is_valid_and_references_its_predecessor(tmp_path, study):
+    first = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [_prediction(study[0], 0.7)], study[:1]))
+    second_model = ModelInfo(**{**MODEL.__dict__, "version": "1.1.0", "weights_sha256": "cd" * 32})
+    second = build_report(StudyReport(second_model, "PNEUMONIA", 0.5,
+                                      [_prediction(ds, 0.3) for ds in study], study), previous=first)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    predecessor = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    path = tmp_path / "superseding.dcm"
+    second.save_as(path, enforce_file_format=True)
+    _validate(path)
+
+
+def test_same_study_images_and_model_give_the_same_sr_uid(study):
+    preds = [_prediction(ds, 0.6) for ds in study]
+    a = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, preds, study))
+    b = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, list(reversed(preds)), list(reversed(study))))
+    assert (a.SeriesInstanceUID, a.SOPInstanceUID) == (b.SeriesInstanceUID, b.SOPInstanceUID)

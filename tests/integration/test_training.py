@@ -1,0 +1,122 @@
+"""Training, resume, packaging and initial weights, on a tiny subset of real images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrtriage.errors import ModelError
+from cxrtriage.models.architectures import ARCHITECTURES, build_model
+from cxrtriage.models.augment import AugmentConfig, augment_batch
+from cxrtriage.models.inference import Classifier
+from cxrtriage.models.packaging import package_run
+from cxrtriage.models.train_config import TrainConfig
+from cxrtriage.models.training import BEST_WEIGHTS, CHECKPOINT, HISTORY, initial_model, parameter_groups, train
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "kermany-subset"
+NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, 0, 0, False)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(name="test", version="0.0.1", data=str(DATA), architecture="resnet18", input_size=64,
+                epochs=3, batch_size=8, lr=1e-3, schedule="step", step_epochs=100, balance="none",
+                augment=NO_AUGMENT, val_fraction=0.25, patience=100, num_threads=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_few_steps_make_the_loss_fall(tmp_path):
+    train(_cfg(epochs=6), tmp_path, progress=False)
+    history = json.loads((tmp_path / HISTORY).read_text())
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    cfg = _cfg(epochs=3, balance="sampler", augment=AugmentConfig(), mixup_alpha=0.2)
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "parts", progress=False, stop_after_epochs=1)
+    assert json.loads((tmp_path / "parts" / HISTORY).read_text())[-1]["epoch"] == 1
+    train(cfg, tmp_path / "parts", progress=False)
+    whole = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    parts = torch.load(tmp_path / "parts" / CHECKPOINT, weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(value, parts["model"][key]), key
+    assert whole["loop"]["history"] == parts["loop"]["history"]
+
+
+def test_package_loads_back_with_identical_predictions(tmp_path):
+    cfg = _cfg(epochs=2)
+    config_file = tmp_path / "train.toml"
+    config_file.write_text("[train]\n")
+    train(cfg, tmp_path / "run", progress=False)
+    out = package_run(cfg, tmp_path / "run", tmp_path / "pkg", config_file)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"] == ["NORMAL", "PNEUMONIA"] and 0 <= manifest["threshold"] <= 1
+    assert (out / "MODEL_CARD.md").read_text().count("CC BY 4.0") >= 1
+    model = build_model("resnet18", 2)
+    model.load_state_dict(load_file(str(tmp_path / "run" / BEST_WEIGHTS)))
+    model.eval()
+    images = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    classifier = Classifier(out, device=torch.device("cpu"))
+    with torch.inference_mode():
+        direct = torch.softmax(model(torch.from_numpy((images - 0.5) / 0.25)[:, None])
+                               / manifest["temperature"], 1).numpy()
+    assert classifier.probabilities(images) == pytest.approx(direct, abs=1e-6)
+    assert manifest["regression"]["predictions"], "regression predictions are recorded"
+
+
+def test_missing_initial_weights_name_the_file(tmp_path):
+    missing = tmp_path / "weights" / "resnet18-imagenet.pth"
+    with pytest.raises(ModelError, match="resnet18-imagenet.pth"):
+        initial_model(_cfg(init=str(missing)), 2)
+
+
+def test_imagenet_state_dict_from_disk_is_adapted_to_one_channel(tmp_path):
+    from torchvision.models import resnet18
+
+    rgb = resnet18(weights=None)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(rgb.state_dict(), path)
+    model = initial_model(_cfg(init=str(path)), 2)
+    assert torch.allclose(model.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.layer4[0].conv1.weight, rgb.layer4[0].conv1.weight)
+
+
+@pytest.mark.parametrize(("freeze", "trainable"), [("head", {"fc"}), ("last_n", {"fc", "layer4"}),
+                                                   ("none", None)])
+def test_transfer_strategies(freeze, trainable):
+    cfg = _cfg(freeze=freeze, trainable_blocks=1, base_lr=1e-5)
+    model = build_model("resnet18", 2)
+    groups = parameter_groups(model, cfg)
+    names = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    if trainable is None:
+        assert len(groups) == 2 and groups[1]["lr"] == 1e-5
+        assert all(p.requires_grad for p in model.parameters())
+    else:
+        assert names == trainable
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_takes_one_channel(architecture):
+    size = 75 if architecture == "inception_v3" else 64
+    model = build_model(architecture, 2).eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 1, size, size)).shape == (1, 2)
+
+
+def test_zero_augmentation_is_identity():
+    images = torch.rand(2, 1, 32, 32)
+    out = augment_batch(images, NO_AUGMENT, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, images, atol=1e-5)
+
+
+def test_config_refuses_unknown_choices():
+    from cxrtriage.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule"):
+        replace(_cfg(), schedule="linear")

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from cxrtriage.dicom.preprocess import _window, dataset_to_gray, fit_to_square
+from cxrtriage.dicom.wrap import wrap_image
+from cxrtriage.errors import InvalidInputError
+
+RAMP = np.arange(256, dtype=np.uint8).reshape(16, 16)
+
+
+@pytest.mark.parametrize(("center", "width", "function", "values", "expected"), [
+    (128, 256, "LINEAR", [0, 127.5, 255], [0.0, 0.5, 1.0]),
+    (100, 50, "LINEAR", [0, 74.5, 124.5, 300], [0.0, 0.0, 1.0, 1.0]),
+    (100, 50, "LINEAR_EXACT", [75, 100, 125], [0.0, 0.5, 1.0]),
+    (100, 50, "SIGMOID", [100], [0.5]),
+])
+def test_window(center, width, function, values, expected):
+    out = _window(np.array(values, dtype=float), center, width, function)
+    assert out == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "first", "last"), [
+    ({}, 0.0, 1.0),
+    ({"monochrome1": True}, 0.0, 1.0),  # stored inverted, displayed the same
+])
+def test_full_stored_range_and_monochrome1(kwargs, first, last):
+    gray = dataset_to_gray(wrap_image(RAMP, **kwargs))
+    assert gray.flat[0] == pytest.approx(first) and gray.flat[-1] == pytest.approx(last)
+    assert gray == pytest.approx(RAMP / 255.0, abs=1e-6)
+
+
+def test_sixteen_bit_matches_eight_bit():
+    wide = (RAMP.astype(np.uint16) * 257).astype(np.uint16)
+    assert dataset_to_gray(wrap_image(wide)) == pytest.approx(RAMP / 255.0, abs=1e-6)
+
+
+def test_window_and_rescale_are_applied():
+    ds = wrap_image(RAMP, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=100, WindowWidth=200)
+    gray = dataset_to_gray(ds)
+    # value v -> 2v - 100; window [0, 200) maps 50 -> 0 and 150 -> 1 (approximately)
+    assert gray.flat[50] == pytest.approx(0.0, abs=0.01) and gray.flat[150] == pytest.approx(1.0, abs=0.01)
+
+
+def test_voi_lut_sequence_is_preferred_to_window():
+    ds = wrap_image(RAMP, WindowCenter=10, WindowWidth=2)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.LUTData = list(range(255, -1, -1))  # an inverting LUT
+    ds.VOILUTSequence = [item]
+    assert dataset_to_gray(ds) == pytest.approx(1.0 - RAMP / 255.0, abs=1e-6)
+
+
+def test_pixel_padding_is_black():
+    ds = wrap_image(RAMP, PixelPaddingValue=255)
+    assert dataset_to_gray(ds).flat[-1] == 0.0
+
+
+@pytest.mark.parametrize(("shape", "box"), [((20, 10), (0, 5, 20, 15)), ((10, 20), (5, 0, 15, 20))])
+def test_fit_to_square_keeps_aspect_and_pads(shape, box):
+    out = fit_to_square(np.ones(shape, dtype=np.float32), 20)
+    top, left, bottom, right = box
+    assert out.shape == (20, 20)
+    assert out[top:bottom, left:right].min() == pytest.approx(1.0)
+    assert out.sum() == pytest.approx((bottom - top) * (right - left), rel=0.01)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda ds: delattr(ds, "PixelData"),
+    lambda ds: setattr(ds, "Rows", 60000) or setattr(ds, "Columns", 60000),
+    lambda ds: setattr(ds, "PhotometricInterpretation", "HSV"),
+])
+def test_input_contract_refuses_before_decoding(mutate):
+    ds = wrap_image(RAMP)
+    mutate(ds)
+    with pytest.raises(InvalidInputError):
+        dataset_to_gray(ds)
