@@ -6,9 +6,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config

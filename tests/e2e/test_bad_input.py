@@ -24,8 +24,10 @@ def _statuses(port: int, work: Path) -> dict[str, int]:
     short = radiograph()
     short.PixelData = short.PixelData[: len(short.PixelData) // 3]
     return {
-        "non-DICOM": send_raw(port, b"MZ\x90\x00 this is not DICOM " * 64, DX_PRESENTATION, generate_uid(), work),
-        "truncated": send_raw(port, full[: len(full) // 2], DX_PRESENTATION, str(good.SOPInstanceUID), work),
+        "non-DICOM": send_raw(port, b"MZ\x90\x00 this is not DICOM " * 64, DX_PRESENTATION,
+                              generate_uid(), work),
+        "truncated": send_raw(port, full[: len(full) // 2], DX_PRESENTATION,
+                              str(good.SOPInstanceUID), work),
         "no pixel data": send_raw(port, encode_dataset(no_pixels), DX_PRESENTATION,
                                   str(no_pixels.SOPInstanceUID), work),
         "invalid UID": send_raw(port, encode_dataset(bad_uid), DX_PRESENTATION,

@@ -12,7 +12,16 @@ from pydicom.uid import generate_uid
 
 from tests.factory import radiograph, write_study
 from tests.peers import echoscu, storescu
-from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, start_postgres, start_redis, wait_for
+from tests.servers import (
+    LOOPBACK,
+    Proc,
+    binary,
+    free_port,
+    port_open,
+    start_postgres,
+    start_redis,
+    wait_for,
+)
 
 
 @pytest.mark.slow

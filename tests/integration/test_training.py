@@ -17,7 +17,14 @@ from cxrtriage.models.augment import AugmentConfig, augment_batch
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.packaging import package_run
 from cxrtriage.models.train_config import TrainConfig
-from cxrtriage.models.training import BEST_WEIGHTS, CHECKPOINT, HISTORY, initial_model, parameter_groups, train
+from cxrtriage.models.training import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    HISTORY,
+    initial_model,
+    parameter_groups,
+    train,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kermany-subset"
 NO_AUGMENT = AugmentConfig(0, 0, 0, 0, 0, 0, 0, False)

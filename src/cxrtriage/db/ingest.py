@@ -5,7 +5,15 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import Association, Instance, Rejection, Series, Study, StudyAssociation, utcnow
+from cxrtriage.db.models import (
+    Association,
+    Instance,
+    Rejection,
+    Series,
+    Study,
+    StudyAssociation,
+    utcnow,
+)
 from cxrtriage.domain import InstanceState, StudyState
 
 

@@ -115,5 +115,8 @@ def update_series_states(session: Session, study_id: int) -> None:
     for series in session.scalars(select(Series).where(Series.study_id == study_id)).all():
         states = {i.state for i in series.instances}
         reasons = sorted({i.reason for i in series.instances if i.reason})
-        series.state = "classified" if "classified" in states else (states.pop() if len(states) == 1 else "mixed")
+        if "classified" in states:
+            series.state = "classified"
+        else:
+            series.state = states.pop() if len(states) == 1 else "mixed"
         series.reason = "; ".join(reasons)[:2000]

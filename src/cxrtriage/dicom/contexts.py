@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pydicom.uid import (
-    RLELossless,
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    RLELossless,
 )
 
 CR = "1.2.840.10008.5.1.4.1.1.1"

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from cxrtriage.dicom.preprocess import check_pixel_contract
@@ -127,7 +127,7 @@ class Receiver:
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self._server: Any = None
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> Any:
         return [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self.handle_store),
                 (evt.EVT_ACCEPTED, self._opened), (evt.EVT_RELEASED, self._closed),
                 (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed)]

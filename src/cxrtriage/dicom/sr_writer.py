@@ -67,7 +67,8 @@ def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
 
 
-def _image_group(pred: Prediction, source: Dataset, model: ModelInfo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _image_group(pred: Prediction, source: Dataset,
+                 model: ModelInfo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     measurements = [hd.sr.Measurement(name=_probability(label), value=round(prob, 6), unit=NO_UNITS,
                                       algorithm_id=_algorithm(model))
                     for label, prob in pred.probabilities.items()]

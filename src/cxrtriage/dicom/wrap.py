@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from cxrtriage.dicom.contexts import DX_PRESENTATION
 
@@ -27,8 +27,8 @@ def wrap_image(pixels: np.ndarray, *, study_uid: str | None = None, series_uid: 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.SOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.SOPClassUID = UID(sop_class_uid)
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()

@@ -62,8 +62,9 @@ def build_model(architecture: str, num_classes: int, in_channels: int = 1) -> nn
     model = _BUILDERS[architecture](**kwargs)
     parent, attr, conv = _first_conv(model)
     if conv.in_channels != in_channels:
-        setattr(parent, attr, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size,
-                                        conv.stride, conv.padding, bias=conv.bias is not None))
+        setattr(parent, attr, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                                        conv.stride, conv.padding,  # type: ignore[arg-type]
+                                        bias=conv.bias is not None))
     _replace_head(model, architecture, num_classes)
     return model
 

@@ -25,7 +25,8 @@ radiologist; it does not replace the radiologist's read.
 ## What it does
 - Input: one frontal chest radiograph, single channel, resized (aspect kept, padded) to
   {m.input_size} x {m.input_size}, normalised with mean {m.mean} and std {m.std}.
-- Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled (T = {m.temperature:.3f}).
+- Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
+  (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.
 - Architecture: torchvision `{m.architecture}` with a single-channel stem, trained **from scratch**
   (no ImageNet weights were available).

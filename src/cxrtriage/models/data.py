@@ -78,7 +78,9 @@ def split_by_patient(samples: list[Sample], val_fraction: float, seed: int,
     for patient, items in sorted(by_patient.items()):
         by_label[max(items, key=lambda x: x.label).label].append(patient)
     rng = random.Random(seed)
-    train, val, test = [], [], []
+    train: list[Sample] = []
+    val: list[Sample] = []
+    test: list[Sample] = []
     for _, patients in sorted(by_label.items()):
         rng.shuffle(patients)
         n_val, n_test = round(len(patients) * val_fraction), round(len(patients) * test_fraction)

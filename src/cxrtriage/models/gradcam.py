@@ -24,7 +24,8 @@ def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
     layer = _last_conv(classifier.model)
     store: dict[str, torch.Tensor] = {}
     hooks = [layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)),
-             layer.register_full_backward_hook(lambda _m, _gi, go: store.__setitem__("grad", go[0]))]
+             layer.register_full_backward_hook(
+                 lambda _m, _gi, go: store.__setitem__("grad", go[0]))]  # type: ignore[index]
     try:
         x = ((torch.from_numpy(image).float() - m.mean) / m.std)[None, None].to(classifier.device)
         x.requires_grad_(True)
@@ -37,9 +38,9 @@ def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
             hook.remove()
     weights = store["grad"].mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * store["act"]).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach().cpu().numpy()
-    return cam / cam.max() if cam.max() > 0 else cam
+    heat = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0]
+    out: np.ndarray = heat.detach().cpu().numpy()
+    return out / out.max() if out.max() > 0 else out
 
 
 def save_heatmap(classifier: Classifier, image: np.ndarray, target: Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cxrtriage.domain import Prediction
-from cxrtriage.models.package import Manifest, load_package
+from cxrtriage.models.package import load_package
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.gamma = gamma
         self.label_smoothing = label_smoothing
+        self.weight: torch.Tensor
         self.register_buffer("weight", weight if weight is not None else torch.tensor([]))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

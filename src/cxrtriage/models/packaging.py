@@ -9,15 +9,14 @@ import shutil
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, fit_to_square, load_gray
 from cxrtriage.models import metrics
 from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
+from cxrtriage.models.evaluation import summarize
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.package import MANIFEST_FILE, Manifest, save_package
 from cxrtriage.models.train_config import TrainConfig
@@ -25,17 +24,6 @@ from cxrtriage.models.training import HISTORY, Prepared, best_model, predict_log
 
 REGRESSION_IMAGES_PER_LABEL = 2
 REGRESSION_DIR = "regression"
-
-
-def validation_metrics(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
-    auroc, low, high = metrics.bootstrap_auroc(y, probs)
-    at = metrics.at_threshold(y, probs, threshold)
-    out: dict[str, Any] = {"n_images": int(len(y)), "n_positive": int(y.sum()),
-                           "auroc": auroc, "auroc_95ci": [low, high],
-                           "ece": metrics.expected_calibration_error(y, probs), **at.as_dict()}
-    for name in ("accuracy", "sensitivity", "specificity"):
-        out[f"{name}_95ci"] = list(metrics.bootstrap_metric(y, probs, threshold, name))
-    return out
 
 
 def _copy_regression_images(data: Prepared, labels: list[str], output: Path) -> list[str]:
@@ -61,7 +49,7 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
     probs = torch.softmax(logits / temperature, 1)[:, flag_index].numpy()
     y = (data.val_y == flag_index).astype(int)
     threshold = metrics.choose_threshold(y, probs, cfg.threshold_rule)
-    val = validation_metrics(y, probs, threshold)
+    val = summarize(y, probs, threshold)
     history = json.loads((run_dir / HISTORY).read_text())
     val_patients = len({s.patient for s in data.val})
     manifest = Manifest(

@@ -99,7 +99,8 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     elif cfg.freeze == "last_n":
         with_params = [n for n, m in children if any(True for _ in m.parameters())]
         trainable_base = set(with_params[-cfg.trainable_blocks :]) if cfg.trainable_blocks else set()
-    base, head = [], []
+    base: list[nn.Parameter] = []
+    head: list[nn.Parameter] = []
     for name, module in model.named_children():
         for p in module.parameters():
             p.requires_grad = name == head_name or name in trainable_base
@@ -197,7 +198,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
     scheduler = make_scheduler(optimizer, cfg, steps)
     counts = np.bincount(data.train_y, minlength=len(data.labels)).tolist()
     weight = class_weights(counts).to(device) if cfg.balance == "weights" else None
-    focal = FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing).to(device) if cfg.loss == "focal" else None
+    focal = None
+    if cfg.loss == "focal":
+        focal = FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing).to(device)
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "stale": 0, "history": []}
     checkpoint = run_dir / CHECKPOINT
@@ -221,7 +224,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
         order = epoch_order(data.train_y, cfg, generator)
         model.train()
         total, seen = 0.0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   unit="batch")
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].numpy()
             images = torch.from_numpy(np.asarray(data.train_images[np.sort(idx)], dtype=np.float32))
@@ -235,7 +239,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
                 target = lam * onehot + (1 - lam) * onehot[perm]
             logits = model(_normalise(images, cfg).to(device))
             target = target.to(device)
-            loss = focal(logits, target) if focal else soft_cross_entropy(logits, target, weight, cfg.label_smoothing)
+            if focal is not None:
+                loss = focal(logits, target)
+            else:
+                loss = soft_cross_entropy(logits, target, weight, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

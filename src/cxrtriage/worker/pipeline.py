@@ -124,8 +124,8 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
         accepted = [i for i in items if i.image is not None]
         predictions: dict[int, Prediction] = {}
         if accepted:
-            preds = classifier.predict([i.sop_uid for i in accepted],
-                                       np.stack([i.image for i in accepted]))
+            images = np.stack([i.image for i in accepted if i.image is not None])
+            preds = classifier.predict([i.sop_uid for i in accepted], images)
             for item, pred in zip(accepted, preds, strict=True):
                 predictions[item.instance_id] = pred
                 item.state = InstanceState.CLASSIFIED
