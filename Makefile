@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/mypy src
 
 benchmark: system-deps install
-	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python -m benchmarks.run
 
 clean:
 	rm -rf var .pytest_cache

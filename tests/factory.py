@@ -17,6 +17,7 @@ from cxrtriage.models.package import Manifest, save_package
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SENTINELS = {"PatientName": "SENTINELNAME^LEAKCHECK", "PatientID": "SENTINELPID4711",
              "PatientBirthDate": "20210304", "AccessionNumber": "SENTINELACC42"}
 SENTINEL_STRINGS = ["SENTINELNAME", "LEAKCHECK", "SENTINELPID4711", "20210304", "SENTINELACC42"]

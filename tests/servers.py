@@ -177,6 +177,7 @@ class Orthanc:
     """Orthanc as the PACS, with the receiver registered as a modality."""
 
     def __init__(self, work: Path, log_dir: Path, receiver_ae: str, receiver_port: int) -> None:
+        work.mkdir(parents=True, exist_ok=True)
         self.dicom_port, self.http_port = free_port(), free_port()
         self.ae_title = "ORTHANC"
         config = {

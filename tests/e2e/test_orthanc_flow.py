@@ -11,10 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import BUNDLED
-from tests.factory import radiograph
+from tests.factory import COMPREHENSIVE_3D_SR, radiograph
 from tests.servers import Orthanc, wait_for
-
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 def _content_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:

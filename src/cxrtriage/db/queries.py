@@ -36,6 +36,7 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
                 "warnings": r.warnings.get("warnings", [])} for r in results},
             "sr_state": export.state if export else None,
             "sr_uid": export.sr_sop_instance_uid if export else None,
+            "sr_path": export.path if export else None,
             "sr_attempts": export.attempts if export else 0,
             "sr_last_error": export.last_error if export else "",
             "attempts": study.attempts,
