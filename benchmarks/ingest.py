@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
-
-from cxrtriage.dicom.wrap import wrap_image
 from tests.factory import COMPREHENSIVE_3D_SR, sample_pixels
 from tests.peers import echoscu, storescu
 from tests.servers import Orthanc, Proc, binary, free_port, port_open, wait_for
+
+from cxrtriage.dicom.wrap import wrap_image
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "src/cxrtriage/bundled/pneumonia-resnet18"

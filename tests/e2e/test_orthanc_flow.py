@@ -11,7 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import BUNDLED
-from tests.factory import COMPREHENSIVE_3D_SR, radiograph
+from tests.factory import COMPREHENSIVE_3D_SR, radiograph, write_study
+from tests.peers import storescu
 from tests.servers import Orthanc, wait_for
 
 
@@ -86,6 +87,31 @@ def test_study_sent_by_orthanc_comes_back_as_sr(tmp_path: Path, service_factory,
     if package == BUNDLED:  # the trained model must flag the pneumonia sample and not the normal one
         pneumonia, normal = (str(ds.SOPInstanceUID) for ds in images)
         assert per_image[pneumonia] >= manifest["threshold"] > per_image[normal]
+
+    # Sending the same images again creates no second SR; a new image supersedes the first SR.
+    orthanc.post("/modalities/cxrtriage/store", {"Resources": ids, "Synchronous": True})
+    extra = radiograph(study_uid, "pneumonia-2", SeriesInstanceUID=series_uid, InstanceNumber=3)
+    sent = storescu(service.port, write_study(tmp_path / "extra", [extra]))
+    assert sent.returncode == 0, sent.stderr
+
+    def superseding() -> pydicom.Dataset | None:
+        found = orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+            "StudyInstanceUID": study_uid, "SOPClassUID": COMPREHENSIVE_3D_SR}})
+        if len(found) < 2:  # type: ignore[arg-type]
+            return None
+        for instance in found:  # type: ignore[union-attr]
+            ds = pydicom.dcmread(BytesIO(orthanc.get(f"/instances/{instance}/file")))  # type: ignore[arg-type]
+            if ds.SOPInstanceUID != sr.SOPInstanceUID:
+                return ds
+        return None
+
+    newer = wait_for(superseding, 120, "the superseding SR", interval=0.5)
+    assert isinstance(newer, pydicom.Dataset)
+    predecessor = newer.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID
+    assert len(_image_results(newer, manifest["flag_label"])) == 3
+    assert len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {  # type: ignore[arg-type]
+        "StudyInstanceUID": study_uid, "SOPClassUID": COMPREHENSIVE_3D_SR}})) == 2
 
     service.stop()
     service.check_logs()
