@@ -19,7 +19,8 @@ def test_split_never_puts_a_patient_in_two_splits():
     samples = [Sample(f"p{i}_{j}.png", "A" if i % 3 else "B", f"p{i}") for i in range(60) for j in range(3)]
     train, val, test = split_by_patient(samples, 0.2, seed=1, test_fraction=0.1)
     patients = [{s.patient for s in part} for part in (train, val, test)]
-    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not patients[a] & patients[b]
     assert len(train) + len(val) + len(test) == len(samples)
     assert {s.label for s in val} == {"A", "B"}, "validation is stratified by label"
 
