@@ -40,8 +40,9 @@ def _wait_for_signal() -> threading.Event:
 def cmd_receiver(args: argparse.Namespace) -> int:
     from cxrtriage.db.ingest import close_stale_associations
     from cxrtriage.db.session import Database, upgrade
-    from cxrtriage.dicom.receiver import Receiver, ReceiverLimits
+    from cxrtriage.dicom.receiver import AccessPolicy, Receiver, ReceiverLimits
     from cxrtriage.dicom.storage import InstanceStore
+    from cxrtriage.dicom.tls import server_context
     from cxrtriage.worker.app import configure_app
     from cxrtriage.worker.receiving import DatabaseIndex
     from cxrtriage.worker.scheduler import run_scheduler
@@ -52,8 +53,17 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     db = Database(settings.database_url)
     with db.session() as session:
         close_stale_associations(session)
+    limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
+                            max_associations=settings.max_associations,
+                            max_pdu_size=settings.max_pdu_size, acse_timeout=settings.acse_timeout,
+                            dimse_timeout=settings.dimse_timeout,
+                            network_timeout=settings.network_timeout)
+    access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers))
+    tls = None
+    if settings.tls_certificate and settings.tls_key and settings.tls_ca:
+        tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
     receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), DatabaseIndex(db),
-                        ReceiverLimits(max_instance_bytes=settings.max_instance_bytes))
+                        limits, access, tls)
     stop = _wait_for_signal()
     receiver.start(settings.host, settings.port)
     scheduler = None

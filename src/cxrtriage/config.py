@@ -5,14 +5,16 @@ Loaded once by the entry point and passed down; library code never reads the env
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxrtriage.errors import ConfigError
 
@@ -55,6 +57,17 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(1.0, gt=0)
     model: Path = BUNDLED_MODEL
     max_instance_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+    allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    max_associations: int = Field(10, ge=1)
+    max_pdu_size: int = Field(16382, ge=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(30.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    tls_certificate: Path | None = None  # receiver's certificate (PEM); with key and CA, TLS is on
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # CA that signs allowed clients and the SR destination
+    sr_tls: bool = False
     worker_concurrency: int = Field(1, ge=1)
     nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)
     log_format: Literal["json", "text"] = "json"
@@ -65,6 +78,23 @@ class Settings(BaseSettings):
     def _check_ae(cls, value: str) -> str:
         if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
             raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return value
+
+    @field_validator("allowed_calling_aes", "allowed_peers", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        """Accept `A,B` as well as a JSON list, so operators can write either."""
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
         return value
 
     @field_validator("sr_destination")
@@ -81,6 +111,15 @@ class Settings(BaseSettings):
                 raise ValueError("production needs CXRTRIAGE_DATABASE_URL for a server database")
             if self.broker_url.startswith("filesystem"):
                 raise ValueError("production needs CXRTRIAGE_BROKER_URL, for example redis://")
+            explicit = self.model_fields_set
+            if not self.allowed_calling_aes or "allowed_peers" not in explicit or not self.allowed_peers:
+                raise ValueError("production needs explicit CXRTRIAGE_ALLOWED_CALLING_AES and "
+                                 "CXRTRIAGE_ALLOWED_PEERS lists")
+        tls = [self.tls_certificate, self.tls_key, self.tls_ca]
+        if any(tls) and not all(tls):
+            raise ValueError("TLS needs CXRTRIAGE_TLS_CERTIFICATE, CXRTRIAGE_TLS_KEY and CXRTRIAGE_TLS_CA")
+        if self.sr_tls and not all(tls):
+            raise ValueError("CXRTRIAGE_SR_TLS needs the TLS certificate, key and CA settings")
         return self
 
     @property

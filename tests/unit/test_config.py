@@ -17,6 +17,15 @@ def test_operator_environment_names(monkeypatch, tmp_path):
     assert s.model == tmp_path / "pkg"
 
 
+def test_production_with_explicit_lists_starts(monkeypatch):
+    for key, value in {"CXRTRIAGE_ENVIRONMENT": "production", "CXRTRIAGE_DATABASE_URL": "postgresql://h/db",
+                       "CXRTRIAGE_BROKER_URL": "redis://r", "CXRTRIAGE_ALLOWED_CALLING_AES": "CT1,DX2",
+                       "CXRTRIAGE_ALLOWED_PEERS": '["10.1.0.0/16"]'}.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings()
+    assert s.allowed_calling_aes == ["CT1", "DX2"] and s.allowed_peers == ["10.1.0.0/16"]
+
+
 def test_toml_file_is_overridden_by_environment(monkeypatch, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[cxrtriage]\nport = 5000\nae_title = "FROMFILE"\n')
@@ -30,6 +39,10 @@ def test_toml_file_is_overridden_by_environment(monkeypatch, tmp_path):
     {"CXRTRIAGE_AE_TITLE": "A" * 17},
     {"CXRTRIAGE_ENVIRONMENT": "production"},  # development defaults refused in production
     {"CXRTRIAGE_ENVIRONMENT": "production", "CXRTRIAGE_DATABASE_URL": "postgresql://h/db"},
+    {"CXRTRIAGE_ENVIRONMENT": "production", "CXRTRIAGE_DATABASE_URL": "postgresql://h/db",
+     "CXRTRIAGE_BROKER_URL": "redis://r"},  # no explicit allow-lists
+    {"CXRTRIAGE_ALLOWED_PEERS": "not-a-network"},
+    {"CXRTRIAGE_TLS_CERTIFICATE": "/etc/cert.pem"},  # TLS needs certificate, key and CA
 ])
 def test_invalid_settings_are_refused(monkeypatch, env):
     for key, value in env.items():

@@ -3,7 +3,9 @@ heavier. Its collaborators (index, association bookkeeping) are passed in, not i
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass
@@ -78,6 +80,23 @@ class ReceiverLimits:
     network_timeout: float = 60.0
 
 
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may associate: calling AE titles (empty = any) and peer networks (empty = any)."""
+
+    calling_aes: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+
+    def peer_allowed(self, address: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.networks)
+
+
 def _expected_native_bytes(ds: Dataset) -> int:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -110,10 +129,13 @@ class Receiver:
     """A pynetdicom storage SCP bound to an index and a store."""
 
     def __init__(self, ae_title: str, store: InstanceStore, index: ReceiverIndex,
-                 limits: ReceiverLimits | None = None) -> None:
+                 limits: ReceiverLimits | None = None, access: AccessPolicy | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.index = index
         self.limits = limits or ReceiverLimits()
+        self.access = access or AccessPolicy()
+        self.ssl_context = ssl_context
         self._ids: dict[int, str] = {}
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
@@ -122,6 +144,8 @@ class Receiver:
         self.ae.acse_timeout = self.limits.acse_timeout
         self.ae.dimse_timeout = self.limits.dimse_timeout
         self.ae.network_timeout = self.limits.network_timeout
+        if self.access.calling_aes:
+            self.ae.require_calling_aet = list(self.access.calling_aes)
         self.ae.add_supported_context(Verification)
         for sop_class in ACCEPTED_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
@@ -130,14 +154,27 @@ class Receiver:
     def handlers(self) -> Any:
         return [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self.handle_store),
                 (evt.EVT_ACCEPTED, self._opened), (evt.EVT_RELEASED, self._closed),
-                (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed)]
+                (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed),
+                (evt.EVT_REJECTED, self._rejected_association)]
 
     def start(self, host: str, port: int) -> None:
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self.handlers())
-        logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port})
+        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self.handlers(),
+                                            ssl_context=self.ssl_context)
+        self._server.verify_request = self._verify_peer  # socketserver's per-connection hook
+        logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port,
+                                                 "tls": self.ssl_context is not None})
 
-    def serve_forever(self, host: str, port: int) -> None:
-        self.ae.start_server((host, port), block=True, evt_handlers=self.handlers())
+    def _verify_peer(self, _request: Any, client_address: tuple[str, int]) -> bool:
+        allowed = self.access.peer_allowed(client_address[0])
+        if not allowed:
+            logger.warning("connection refused: peer address not allowed",
+                           extra={"peer": client_address[0]})
+        return allowed
+
+    def _rejected_association(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        logger.warning("association rejected", extra={"calling_ae": str(requestor.ae_title).strip(),
+                                                      "peer": requestor.address})
 
     def stop(self) -> None:
         if self._server is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 from pydicom import dcmread
@@ -15,13 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def send_file(path: str | Path, ae_title: str, host: str, port: int, calling_ae: str,
-              timeout: float = 30.0) -> None:
+              timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
     """C-STORE one file; any failure to deliver is a TransientError with a readable reason."""
     ds = dcmread(path)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(str(ds.SOPClassUID), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    tls_args = (ssl_context, host) if ssl_context is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         raise TransientError(f"association with {ae_title}@{host}:{port} was not established")
     try:

@@ -1,0 +1,111 @@
+"""Only who belongs gets in: calling AE and peer allow-lists, idle clients dropped, DICOM over TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from cxrtriage.dicom.tls import client_context, server_context
+from tests.peers import echoscu
+from tests.servers import LOOPBACK, binary, port_open, wait_for
+from tests.tls_certs import make_ca, make_cert
+
+
+def _echo_from(port: int, calling: str, bind: str = LOOPBACK, tls: ssl.SSLContext | None = None) -> bool:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE", bind_address=(bind, 0),
+                         tls_args=(tls, "127.0.0.1") if tls else None)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
+
+
+def test_calling_ae_and_peer_allow_lists(service_factory):
+    service = service_factory({"CXRTRIAGE_ALLOWED_CALLING_AES": "MODALITY1,ECHOSCU",
+                               "CXRTRIAGE_ALLOWED_PEERS": "127.0.0.1/32"})
+    receiver = service.start("receiver", "receiver")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+    assert _echo_from(service.port, "MODALITY1")
+    assert not _echo_from(service.port, "INTRUDER"), "an unknown calling AE got in"
+    assert not _echo_from(service.port, "MODALITY1", bind="127.0.0.2"), "an unknown peer got in"
+    wait_for(lambda: "association rejected" in receiver.log(), 10, "the rejection to be logged")
+    assert "INTRUDER" in receiver.log() and "peer address not allowed" in receiver.log()
+    service.check_logs()
+
+
+def test_idle_client_is_dropped_and_blocks_no_one(service_factory):
+    service = service_factory({"CXRTRIAGE_ACSE_TIMEOUT": "2", "CXRTRIAGE_NETWORK_TIMEOUT": "2"})
+    service.start("receiver", "receiver")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+    idle = socket.create_connection((LOOPBACK, service.port))
+    idle.settimeout(15)
+    start = time.monotonic()
+    assert echoscu(service.port), "an idle client blocked another association"
+    assert idle.recv(1024) == b"", "the idle connection was not closed"  # blocks until closed
+    assert time.monotonic() - start < 10
+    idle.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "pki"
+    ca = make_ca(folder, "hospital-ca")
+    make_ca(folder, "other-ca")
+    server = make_cert(folder, "hospital-ca", "cxrtriage")
+    client = make_cert(folder, "hospital-ca", "modality")
+    rogue = make_cert(folder, "other-ca", "rogue")
+    return {"ca": ca, "server": server[0], "server_key": server[1], "client": client[0],
+            "client_key": client[1], "rogue": rogue[0], "rogue_key": rogue[1]}
+
+
+def test_tls_receiver_admits_only_clients_of_its_ca(service_factory, pki):
+    service = service_factory({"CXRTRIAGE_TLS_CERTIFICATE": str(pki["server"]),
+                               "CXRTRIAGE_TLS_KEY": str(pki["server_key"]),
+                               "CXRTRIAGE_TLS_CA": str(pki["ca"])})
+    service.start("receiver", "receiver")
+    wait_for(lambda: port_open(service.port), 60, "receiver port", interval=0.5)
+    good = client_context(pki["client"], pki["client_key"], pki["ca"])
+    assert wait_for(lambda: _echo_from(service.port, "MODALITY", tls=good), 30, "TLS echo")
+    dcmtk = subprocess.run([binary("echoscu"), "-aec", "CXRTRIAGE", "+tls", str(pki["client_key"]),
+                            str(pki["client"]), "+cf", str(pki["ca"]), LOOPBACK, str(service.port)],
+                           capture_output=True, text=True, timeout=30)
+    assert dcmtk.returncode == 0, dcmtk.stderr
+    assert not echoscu(service.port), "a client without TLS got in"
+    no_cert = ssl.create_default_context(cafile=str(pki["ca"]))
+    assert not _echo_from(service.port, "MODALITY", tls=no_cert), "a client without a certificate got in"
+    rogue = client_context(pki["rogue"], pki["rogue_key"], pki["ca"])
+    assert not _echo_from(service.port, "MODALITY", tls=rogue), "a certificate of another CA got in"
+
+
+def test_sr_goes_out_over_tls(tmp_path, pki):
+    from cxrtriage.dicom.sender import send_file
+    from tests.factory import radiograph
+
+    received = []
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.1.1", [ExplicitVRLittleEndian])
+    handler = [(evt.EVT_C_STORE, lambda event: received.append(event.dataset.SOPInstanceUID) or 0)]
+    context = server_context(pki["server"], pki["server_key"], pki["ca"])
+    server = scp.start_server((LOOPBACK, 0), block=False, evt_handlers=handler, ssl_context=context)
+    try:
+        port = server.server_address[1]
+        ds = radiograph()
+        path = tmp_path / "x.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        send_file(path, "PACS", LOOPBACK, port, "CXRTRIAGE",
+                  ssl_context=client_context(pki["client"], pki["client_key"], pki["ca"]))
+        assert received == [ds.SOPInstanceUID]
+    finally:
+        server.shutdown()
