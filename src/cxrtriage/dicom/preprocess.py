@@ -112,8 +112,19 @@ def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def dataset_to_gray(ds: Dataset) -> np.ndarray:
-    """A displayable single-channel float32 image in [0, 1], bright = dense (MONOCHROME2 sense)."""
+    """A displayable single-channel float32 image in [0, 1], bright = dense (MONOCHROME2 sense).
+    Any inconsistency in the pixel attributes is an InvalidInputError, never a crash."""
     check_pixel_contract(ds)
+    try:
+        return _dataset_to_gray(ds)
+    except InvalidInputError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+            MemoryError, NotImplementedError, RuntimeError) as exc:
+        raise InvalidInputError(f"pixel attributes are inconsistent: {type(exc).__name__}") from exc
+
+
+def _dataset_to_gray(ds: Dataset) -> np.ndarray:
     raw = _first_frame(ds)
     photometric = str(ds.PhotometricInterpretation)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):

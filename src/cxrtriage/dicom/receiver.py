@@ -9,12 +9,15 @@ import ssl
 import threading
 import uuid
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
@@ -102,6 +105,31 @@ def _expected_native_bytes(ds: Dataset) -> int:
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     bits = int(ds.get("BitsAllocated", 8) or 8)
     return (int(ds.Rows) * int(ds.Columns) * frames * samples * bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class Inspection:
+    status: int
+    reason: str
+    dataset: Dataset | None
+
+
+def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
+                    max_bytes: int) -> Inspection:
+    """Parse and check the bytes of one C-STORE data set. Never raises: every outcome is a
+    status and a reason a person can read."""
+    if len(raw) > max_bytes:
+        return Inspection(OUT_OF_RESOURCES, f"instance of {len(raw)} bytes exceeds the limit of "
+                                            f"{max_bytes}", None)
+    try:
+        syntax = UID(transfer_syntax)
+        ds = decode(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        status, reason = validate_dataset(ds, request_sop_class, request_sop_uid, transfer_syntax)
+    except InvalidInputError as exc:
+        return Inspection(CANNOT_UNDERSTAND, str(exc), None)
+    except Exception as exc:  # any parse failure of sender-controlled bytes
+        return Inspection(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}", None)
+    return Inspection(status, reason, ds if status == SUCCESS else None)
 
 
 def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
@@ -219,22 +247,13 @@ class Receiver:
         request_uid = str(request.AffectedSOPInstanceUID or "")
         safe_uid = request_uid if is_valid_uid(request_uid) else None
         raw_dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
-        if len(raw_dataset) > self.limits.max_instance_bytes:
-            return self._reject(event, assoc_id, OUT_OF_RESOURCES,
-                                f"instance of {len(raw_dataset)} bytes exceeds the limit of "
-                                f"{self.limits.max_instance_bytes}", None, safe_uid)
         transfer_syntax = str(event.context.transfer_syntax)
-        try:
-            ds = event.dataset
-            status, reason = validate_dataset(ds, str(request.AffectedSOPClassUID), request_uid,
-                                              transfer_syntax)
-        except InvalidInputError as exc:
-            return self._reject(event, assoc_id, CANNOT_UNDERSTAND, str(exc), raw_dataset, safe_uid)
-        except Exception as exc:  # any parse failure of sender-controlled bytes
-            return self._reject(event, assoc_id, CANNOT_UNDERSTAND,
-                                f"dataset cannot be parsed: {type(exc).__name__}", raw_dataset, safe_uid)
-        if status != SUCCESS:
-            return self._reject(event, assoc_id, status, reason, raw_dataset, safe_uid)
+        inspection = inspect_payload(raw_dataset, transfer_syntax, str(request.AffectedSOPClassUID),
+                                     request_uid, self.limits.max_instance_bytes)
+        ds = inspection.dataset
+        if inspection.status != SUCCESS or ds is None:
+            kept = raw_dataset if inspection.status != OUT_OF_RESOURCES else None
+            return self._reject(event, assoc_id, inspection.status, inspection.reason, kept, safe_uid)
         try:
             encoded = event.encoded_dataset(include_meta=True)
             path = self.store.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
