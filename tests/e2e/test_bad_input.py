@@ -50,7 +50,8 @@ def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_fa
 
     ct = radiograph(modality="CT", sop_class_uid=CT, view="", body_part="CHEST")
     lateral = radiograph(view="LL")
-    files = write_study(tmp_path / "send", [ct, lateral])
+    adult = radiograph(PatientAge="045Y")
+    files = write_study(tmp_path / "send", [ct, lateral, adult])
     sent = storescu(service.port, files)
     assert sent.returncode == 0, sent.stderr
 
@@ -63,6 +64,15 @@ def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_fa
     assert "modality CT is not a chest radiograph" in rows[ct.StudyInstanceUID]["reason"]
     assert "lateral view" in rows[lateral.StudyInstanceUID]["reason"]
     assert all(r["sr_uid"] for r in rows.values()), "a skipped study still gets an SR saying why"
+
+    def adult_done() -> dict | None:
+        rows = json.loads(service.cli("studies", "--json"))["studies"]
+        return next((r for r in rows if r["study_uid"] == adult.StudyInstanceUID and r["state"] == "done"),
+                    None)
+
+    adult_row = wait_for(adult_done, 60, "the adult study to be classified")
+    [result] = adult_row["image_results"].values()  # type: ignore[index]
+    assert "age outside intended population (1-5 years)" in result["warnings"]
 
     table = service.cli("studies")
     for reason in ("dataset has no PixelData", "is not a valid DICOM UID", "pixel data is",

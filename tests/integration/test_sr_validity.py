@@ -42,14 +42,22 @@ def study():
 ])
 def test_sr_is_valid(tmp_path, study, kind, probabilities, reason):
     preds = [_prediction(ds, p) for ds, p in zip(study, probabilities, strict=False)]
+    warnings = {p.sop_instance_uid: ["age outside intended population (1-5 years)",
+                                     "view position not recorded; assumed frontal"] for p in preds[:1]}
     report = StudyReport(MODEL, "PNEUMONIA", 0.5, preds, study, flagged=any(p.flagged for p in preds),
-                         not_analysed_reason=reason)
+                         not_analysed_reason=reason, warnings=warnings)
     sr = build_report(report)
     assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
     assert sr.StudyInstanceUID == study[0].StudyInstanceUID
     path = tmp_path / f"{kind}.dcm"
     sr.save_as(path, enforce_file_format=True)
     _validate(path)
+    dump = subprocess.run([binary("dsrdump"), str(path)], capture_output=True, text=True).stdout
+    assert "Triage aid, not for diagnostic use" in dump
+    if warnings:
+        assert "age outside intended population" in dump
+    if reason:
+        assert f"Not analysed: {reason}" in dump
 
 
 def test_superseding_sr_is_valid_and_references_its_predecessor(tmp_path, study):

@@ -28,6 +28,7 @@ STATUS = hd.sr.CodedConcept("STATUS", SCHEME, "Analysis status")
 INTENDED_USE = hd.sr.CodedConcept("USE", SCHEME, "Intended use")
 NOT_DIAGNOSTIC = hd.sr.CodedConcept("TRIAGE-ONLY", SCHEME, "Triage aid, not for diagnostic use")
 ANALYSED = hd.sr.CodedConcept("ANALYSED", SCHEME, "Analysed")
+INPUT_WARNING = hd.sr.CodedConcept("INPUT-WARNING", SCHEME, "Input warning")
 NO_UNITS = Code("1", "UCUM", "no units")
 YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
 NO = hd.sr.CodedConcept("373067005", "SCT", "No")
@@ -58,17 +59,18 @@ def _probability(label: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(f"P-{label}"[:16], SCHEME, f"Probability of {label}"[:64])
 
 
-def _status_code(reason: str) -> hd.sr.CodedConcept:
-    value = "NA-" + hashlib.sha1(reason.encode()).hexdigest()[:8].upper()
-    return hd.sr.CodedConcept(value, SCHEME, f"Not analysed: {reason}"[:64])
+def _text_code(prefix: str, text: str) -> hd.sr.CodedConcept:
+    """Our own readable reasons as coded values of the private scheme (meaning <= 64 chars)."""
+    value = f"{prefix}-" + hashlib.sha1(text.encode()).hexdigest()[:8].upper()
+    return hd.sr.CodedConcept(value, SCHEME, text[:64])
 
 
 def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
 
 
-def _image_group(pred: Prediction, source: Dataset,
-                 model: ModelInfo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _image_group(pred: Prediction, source: Dataset, model: ModelInfo,
+                 warnings: list[str]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     measurements = [hd.sr.Measurement(name=_probability(label), value=round(prob, 6), unit=NO_UNITS,
                                       algorithm_id=_algorithm(model))
                     for label, prob in pred.probabilities.items()]
@@ -78,7 +80,8 @@ def _image_group(pred: Prediction, source: Dataset,
             identifier=f"image {pred.sop_instance_uid}"[:64]),
         algorithm_id=_algorithm(model),
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FLAGGED, YES if pred.flagged else NO)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FLAGGED, YES if pred.flagged else NO)]
+        + [hd.sr.QualitativeEvaluation(INPUT_WARNING, _text_code("W", w)) for w in warnings],
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(source.SOPClassUID),
                                                             str(source.SOPInstanceUID))],
     )
@@ -88,7 +91,8 @@ def _study_group(report: StudyReport, study_uid: str) -> hd.sr.MeasurementsAndQu
     evaluations = [hd.sr.QualitativeEvaluation(INTENDED_USE, NOT_DIAGNOSTIC)]
     measurements = []
     if report.not_analysed_reason:
-        evaluations.append(hd.sr.QualitativeEvaluation(STATUS, _status_code(report.not_analysed_reason)))
+        reason = f"Not analysed: {report.not_analysed_reason}"
+        evaluations.append(hd.sr.QualitativeEvaluation(STATUS, _text_code("NA", reason)))
     else:
         evaluations += [hd.sr.QualitativeEvaluation(STATUS, ANALYSED),
                         hd.sr.QualitativeEvaluation(FLAGGED, YES if report.flagged else NO)]
@@ -118,7 +122,8 @@ def build_report(report: StudyReport, previous: Dataset | None = None) -> hd.sr.
             manufacturer_name=report.model.creator[:64],
             model_name=f"{report.model.name} {report.model.version}"[:64]))
     groups = [_study_group(report, study_uid)]
-    groups += [_image_group(p, by_uid[p.sop_instance_uid], report.model) for p in report.predictions]
+    groups += [_image_group(p, by_uid[p.sop_instance_uid], report.model,
+                            report.warnings.get(p.sop_instance_uid, [])) for p in report.predictions]
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=CHEST_XRAY,

@@ -62,7 +62,7 @@ def age_warning(ds: Dataset, manifest: Manifest) -> str:
     years = int(match.group(1)) * _AGE_IN_YEARS[match.group(2)]
     if low <= years < high + 1:
         return ""
-    return f"patient age is outside the model's intended population ({low}-{high} years)"
+    return f"age outside intended population ({low}-{high} years)"
 
 
 def examine(instance_id: int, sop_uid: str, path: str, manifest: Manifest) -> Examined:
@@ -134,7 +134,8 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
         report = StudyReport(model=manifest.model_info(), flag_label=manifest.flag_label,
                              threshold=manifest.threshold, predictions=list(predictions.values()),
                              sources=[i.header for i in items if i.header is not None],
-                             flagged=bool(flagged), not_analysed_reason=reason)
+                             flagged=bool(flagged), not_analysed_reason=reason,
+                             warnings={i.sop_uid: i.warnings for i in accepted if i.warnings})
         sr_path, sr = _write_sr(rt, study_id, report)
     with rt.db.session() as session:
         if not finish_study(session, study_id, revision, attempt, state, reason, flagged,
