@@ -46,7 +46,7 @@ def test_voi_lut_sequence_is_preferred_to_window():
     ds = wrap_image(RAMP, WindowCenter=10, WindowWidth=2)
     item = Dataset()
     item.LUTDescriptor = [256, 0, 8]
-    item.LUTData = list(range(255, -1, -1))  # an inverting LUT
+    item.add_new(0x00283006, "US", list(range(255, -1, -1)))  # LUTData: an inverting LUT
     ds.VOILUTSequence = [item]
     assert dataset_to_gray(ds) == pytest.approx(1.0 - RAMP / 255.0, abs=1e-6)
 

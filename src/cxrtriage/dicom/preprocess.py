@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, convert_color_space
+from pydicom.pixels import apply_modality_lut
 
 from cxrtriage.errors import InvalidInputError
 
@@ -37,7 +37,7 @@ def check_pixel_contract(ds: Dataset) -> None:
         raise InvalidInputError(f"image of {rows}x{cols} pixels exceeds the limit of {MAX_PIXELS}")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
-                           "YBR_ICT", "YBR_RCT", "PALETTE COLOR"}:
+                           "YBR_ICT", "YBR_RCT"}:
         raise InvalidInputError(f"PhotometricInterpretation {photometric!r} is not supported")
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in (1, 8, 16, 32):
@@ -101,9 +101,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    photometric = str(ds.PhotometricInterpretation)
-    if photometric.startswith("YBR"):
-        arr = convert_color_space(arr, photometric, "RGB")
+    """Luminance of a colour image; pydicom has already converted YBR data to RGB."""
     if arr.ndim == 3 and arr.shape[-1] == 3:
         top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
         weights = np.array([0.299, 0.587, 0.114])
