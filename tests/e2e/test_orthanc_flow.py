@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from cxrtriage.dicom.contexts import SECONDARY_CAPTURE
 from tests.conftest import BUNDLED
 from tests.factory import COMPREHENSIVE_3D_SR, radiograph, write_study
 from tests.peers import storescu
@@ -87,6 +88,11 @@ def test_study_sent_by_orthanc_comes_back_as_sr(tmp_path: Path, service_factory,
     if package == BUNDLED:  # the trained model must flag the pneumonia sample and not the normal one
         pneumonia, normal = (str(ds.SOPInstanceUID) for ds in images)
         assert per_image[pneumonia] >= manifest["threshold"] > per_image[normal]
+
+    # A Grad-CAM Secondary Capture per classified image arrives in the same study.
+    heatmaps = wait_for(lambda: orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+        "StudyInstanceUID": study_uid, "SOPClassUID": SECONDARY_CAPTURE}}), 60, "heatmaps in Orthanc")
+    assert len(heatmaps) == 2  # type: ignore[arg-type]
 
     # Sending the same images again creates no second SR; a new image supersedes the first SR.
     orthanc.post("/modalities/cxrtriage/store", {"Resources": ids, "Synchronous": True})

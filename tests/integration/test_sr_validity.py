@@ -73,6 +73,31 @@ def test_superseding_sr_is_valid_and_references_its_predecessor(tmp_path, study)
     _validate(path)
 
 
+def test_heatmap_secondary_capture_is_valid(tmp_path, study, tiny_package):
+    from cxrtriage.dicom.heatmap_writer import build_heatmap
+    from cxrtriage.dicom.preprocess import dataset_to_gray, fit_to_square
+    from cxrtriage.models.gradcam import overlay
+    from cxrtriage.models.inference import Classifier
+
+    classifier = Classifier(tiny_package)
+    image = fit_to_square(dataset_to_gray(study[0]), classifier.input_size)
+    sc = build_heatmap(study[0], overlay(classifier, image), MODEL, 1)
+    assert sc.StudyInstanceUID == study[0].StudyInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == study[0].SOPInstanceUID
+    path = tmp_path / "heatmap.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    result = subprocess.run([binary("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)
+    assert pydicom_read(path).pixel_array.shape == (classifier.input_size, classifier.input_size, 3)
+
+
+def pydicom_read(path: Path):  # type: ignore[no-untyped-def]
+    import pydicom
+
+    return pydicom.dcmread(path)
+
+
 def test_same_study_images_and_model_give_the_same_sr_uid(study):
     preds = [_prediction(ds, 0.6) for ds in study]
     a = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, preds, study))

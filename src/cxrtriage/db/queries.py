@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, Instance, Rejection, SrExport, Study
+from cxrtriage.db.results import HEATMAP_KIND, latest_export
 
 
 def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
@@ -19,8 +20,9 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
             InferenceResult.instance_id.in_([i.id for i in instances]),
             InferenceResult.model_version_id == study.model_version_id)).all()
         uid_by_id = {i.id: i.sop_instance_uid for i in instances}
-        export = session.scalar(select(SrExport).where(SrExport.study_id == study.id)
-                                .order_by(SrExport.id.desc()).limit(1))
+        export = latest_export(session, study.id)
+        heatmaps = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
+                                                          SrExport.kind == HEATMAP_KIND)).all()
         flag_probs = [r.probabilities.get(r.flag_label, 0.0) for r in results]
         reasons = sorted({i.reason for i in instances if i.reason and i.state != "classified"})
         rows.append({
@@ -39,6 +41,8 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
             "sr_path": export.path if export else None,
             "sr_attempts": export.attempts if export else 0,
             "sr_last_error": export.last_error if export else "",
+            "heatmaps": [{"uid": h.sr_sop_instance_uid, "state": h.state, "path": h.path}
+                         for h in heatmaps],
             "attempts": study.attempts,
             "received_at": study.last_received_at,
             "finished_at": study.finished_at,

@@ -38,8 +38,14 @@ def save_predictions(session: Session, model_version_id: int, by_instance: dict[
                                     warnings={"warnings": warnings.get(instance_id, [])}))
 
 
+SR_KINDS = ("analysed", "not_analysed")
+HEATMAP_KIND = "heatmap"
+
+
 def latest_export(session: Session, study_id: int) -> SrExport | None:
-    return session.scalar(select(SrExport).where(SrExport.study_id == study_id)
+    """The study's most recent SR (heatmap exports are not SRs)."""
+    return session.scalar(select(SrExport).where(SrExport.study_id == study_id,
+                                                 SrExport.kind.in_(SR_KINDS))
                           .order_by(SrExport.id.desc()).limit(1))
 
 

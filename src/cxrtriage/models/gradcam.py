@@ -43,12 +43,16 @@ def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
     return out / out.max() if out.max() > 0 else out
 
 
-def save_heatmap(classifier: Classifier, image: np.ndarray, target: Path) -> Path:
-    """The image in gray with the heat map blended in red."""
+def overlay(classifier: Classifier, image: np.ndarray) -> np.ndarray:
+    """The image in gray with the heat map blended in red, as uint8 RGB [S, S, 3]."""
     cam = gradcam(classifier, image)
     gray = (image * 255).astype(np.uint8)
     rgb = np.stack([gray, gray, gray], axis=-1).astype(np.float32)
     rgb[..., 0] = rgb[..., 0] * (1 - 0.5 * cam) + 255 * 0.5 * cam
     rgb[..., 1:] *= (1 - 0.5 * cam)[..., None]
-    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(target)
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def save_heatmap(classifier: Classifier, image: np.ndarray, target: Path) -> Path:
+    Image.fromarray(overlay(classifier, image)).save(target)
     return target

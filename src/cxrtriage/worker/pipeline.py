@@ -17,7 +17,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cxrtriage.db.models import Instance
-from cxrtriage.db.results import latest_export, record_export, register_model, save_predictions
+from cxrtriage.db.results import (
+    HEATMAP_KIND,
+    latest_export,
+    record_export,
+    register_model,
+    save_predictions,
+)
 from cxrtriage.db.studies import (
     claim_study,
     extend_lease,
@@ -26,11 +32,14 @@ from cxrtriage.db.studies import (
     update_series_states,
 )
 from cxrtriage.dicom.gating import gate_image
+from cxrtriage.dicom.heatmap_writer import build_heatmap
 from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, dataset_to_gray, fit_to_square
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
 from cxrtriage.domain import InstanceState, Prediction, StudyState
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.gradcam import overlay
+from cxrtriage.models.inference import Classifier
 from cxrtriage.models.package import Manifest
 from cxrtriage.worker.runtime import Runtime
 
@@ -137,6 +146,7 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
                              flagged=bool(flagged), not_analysed_reason=reason,
                              warnings={i.sop_uid: i.warnings for i in accepted if i.warnings})
         sr_path, sr = _write_sr(rt, study_id, report)
+        heatmaps = _write_heatmaps(rt, classifier, accepted) if rt.settings.heatmaps else []
     with rt.db.session() as session:
         if not finish_study(session, study_id, revision, attempt, state, reason, flagged,
                             model_version_id):
@@ -157,6 +167,11 @@ def process_study(rt: Runtime, study_uid: str) -> str | None:
             kind="analysed" if state == StudyState.DONE else "not_analysed", path=sr_path,
             destination=rt.settings.sr_destination)
         export_id = export.id
+        for path, ds in heatmaps:
+            record_export(session, study_id=study_id, model_version_id=model_version_id,
+                          series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
+                          supersedes_uid=None, kind=HEATMAP_KIND, path=path,
+                          destination=rt.settings.sr_destination)
     logger.info("study finished", extra={"study_uid": study_uid, "state": state,
                                          "flagged": flagged, "export_id": export_id})
     return state
@@ -195,6 +210,23 @@ def _supersedes(sr: Dataset) -> str | None:
         return None
     series = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def _write_heatmaps(rt: Runtime, classifier: Classifier,
+                    accepted: list[Examined]) -> list[tuple[str, Dataset]]:
+    """A Grad-CAM Secondary Capture per classified image, stored beside the study's images."""
+    written = []
+    for number, item in enumerate(accepted, start=1):
+        if item.header is None or item.image is None:
+            continue
+        sc = build_heatmap(item.header, overlay(classifier, item.image), classifier.manifest.model_info(),
+                           number)
+        buffer = BytesIO()
+        sc.save_as(buffer, enforce_file_format=True)
+        path = rt.store.store(str(sc.StudyInstanceUID), str(sc.SeriesInstanceUID),
+                              str(sc.SOPInstanceUID), [buffer.getvalue()])
+        written.append((str(path), sc))
+    return written
 
 
 def _write_sr(rt: Runtime, study_id: int, report: StudyReport) -> tuple[str, Dataset]:
