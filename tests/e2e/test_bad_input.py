@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from cxrtriage.dicom.contexts import CT, DX_PRESENTATION
+from cxrtriage.dicom.contexts import CR, CT, DX_PRESENTATION
 from tests.factory import radiograph, write_study
 from tests.peers import echoscu, encode_dataset, send_raw, storescu
 from tests.servers import wait_for
+
+SIZE_LIMIT = 3_000_000
 
 
 def _statuses(port: int, work: Path) -> dict[str, int]:
@@ -23,6 +25,12 @@ def _statuses(port: int, work: Path) -> dict[str, int]:
     bad_uid.StudyInstanceUID = "1.2.3/../../etc"
     short = radiograph()
     short.PixelData = short.PixelData[: len(short.PixelData) // 3]
+    huge = radiograph()
+    huge.Rows = huge.Columns = 60000
+    mismatch = radiograph(sop_class_uid=CR, modality="CR")  # file meta below says DX
+    big = radiograph()
+    big.Rows, big.Columns = 2000, 1600  # 3.2 MB of 8-bit pixels
+    big.PixelData = bytes(2000 * 1600)
     return {
         "non-DICOM": send_raw(port, b"MZ\x90\x00 this is not DICOM " * 64, DX_PRESENTATION,
                               generate_uid(), work),
@@ -34,18 +42,30 @@ def _statuses(port: int, work: Path) -> dict[str, int]:
                                 str(bad_uid.SOPInstanceUID), work),
         "short pixel data": send_raw(port, encode_dataset(short), DX_PRESENTATION,
                                      str(short.SOPInstanceUID), work),
+        "60000 x 60000": send_raw(port, encode_dataset(huge), DX_PRESENTATION,
+                                  str(huge.SOPInstanceUID), work),
+        "SOP class mismatch": send_raw(port, encode_dataset(mismatch), DX_PRESENTATION,
+                                       str(mismatch.SOPInstanceUID), work),
+        "over the size limit": send_raw(port, encode_dataset(big), DX_PRESENTATION,
+                                        str(big.SOPInstanceUID), work),
     }
+
+
+EXPECTED = {"non-DICOM": 0xC210, "truncated": 0xC210, "no pixel data": 0xC210, "invalid UID": 0xC210,
+            "short pixel data": 0xC210, "60000 x 60000": 0xC210, "SOP class mismatch": 0xA900,
+            "over the size limit": 0xA700}
 
 
 @pytest.mark.slow
 def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_factory, tiny_package) -> None:
-    service = service_factory({"CXRTRIAGE_MODEL": str(tiny_package)})
+    service = service_factory({"CXRTRIAGE_MODEL": str(tiny_package),
+                               "CXRTRIAGE_MAX_INSTANCE_BYTES": str(SIZE_LIMIT)})
     service.start("serve", "serve")
     wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
 
     statuses = _statuses(service.port, tmp_path)
     for case, status in statuses.items():
-        assert status in (0xC210, 0xA900), f"{case}: status 0x{status:04X} is not a failure"
+        assert status == EXPECTED[case], f"{case}: status 0x{status:04X}"
     assert echoscu(service.port), "the receiver stopped serving after bad input"
 
     ct = radiograph(modality="CT", sop_class_uid=CT, view="", body_part="CHEST")
@@ -76,11 +96,15 @@ def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_fa
 
     table = service.cli("studies")
     for reason in ("dataset has no PixelData", "is not a valid DICOM UID", "pixel data is",
+                   "exceeds the limit of 268435456", "differs from the C-STORE request",
+                   f"exceeds the limit of {SIZE_LIMIT}",
                    "modality CT is not a chest radiograph", "lateral view"):
         assert reason in table, f"`cxrtriage studies` does not show: {reason}"
     refused = json.loads(service.cli("studies", "--json"))["rejections"]
     assert len(refused) == len(statuses)
-    assert all(r["quarantine_path"] and Path(r["quarantine_path"]).is_file() for r in refused), \
-        "refused payloads are kept, not lost"
+    kept = [r for r in refused if not r["reason"].startswith("instance of")]
+    assert len(kept) == len(statuses) - 1
+    assert all(r["quarantine_path"] and Path(r["quarantine_path"]).is_file() for r in kept), \
+        "refused payloads are kept, not lost (except those over the size limit)"
     service.stop()
     service.check_logs()
