@@ -109,3 +109,20 @@ def test_sr_goes_out_over_tls(tmp_path, pki):
         assert received == [ds.SOPInstanceUID]
     finally:
         server.shutdown()
+
+
+def test_undecodable_transfer_syntax_is_refused_at_negotiation(service_factory):
+    service = service_factory({})
+    service.start("receiver", "receiver")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+    ae = AE(ae_title="MODALITY")
+    htj2k = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: no installed decoder
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", [htj2k])
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, service.port, ae_title="CXRTRIAGE")
+    try:
+        assert assoc.is_established
+        accepted = {c.abstract_syntax for c in assoc.accepted_contexts}
+        assert "1.2.840.10008.5.1.4.1.1.1.1" not in accepted, "an undecodable syntax was accepted"
+    finally:
+        assoc.release()
