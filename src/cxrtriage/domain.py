@@ -31,17 +31,6 @@ class ExportState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class InstanceRef:
-    """Where a stored instance lives, identified only by UIDs."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    path: str
-
-
-@dataclass(frozen=True)
 class ModelInfo:
     """Provenance carried by every result and SR: who made the model and which weights ran."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, Instance, Rejection, SrExport, Study
@@ -56,6 +56,3 @@ def recent_rejections(session: Session, limit: int = 50) -> list[dict[str, Any]]
              "sop_instance_uid": r.sop_instance_uid, "reason": r.reason,
              "quarantine_path": r.quarantine_path} for r in rows]
 
-
-def count_studies(session: Session, state: str) -> int:
-    return int(session.scalar(select(func.count()).select_from(Study).where(Study.state == state)) or 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.errors import ConfigError
-from cxrtriage.models.architectures import ARCHITECTURES
+from cxrtriage.models.architectures import ARCHITECTURES, MIN_INPUT_SIZE
 from cxrtriage.models.augment import AugmentConfig
 
 _CHOICES = {
@@ -67,8 +67,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 32:
-            raise ConfigError("epochs and batch_size must be >= 1 and input_size >= 32")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        smallest = MIN_INPUT_SIZE.get(self.architecture, 32)
+        if self.input_size < smallest:
+            raise ConfigError(f"input_size must be >= {smallest} for {self.architecture}, "
+                              f"got {self.input_size}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
 

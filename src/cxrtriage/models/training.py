@@ -23,7 +23,7 @@ from cxrtriage.models.architectures import adapt_imagenet_state, build_model, he
 from cxrtriage.models.augment import augment_batch
 from cxrtriage.models.data import Sample, discover, load_cached, split_by_patient
 from cxrtriage.models.losses import FocalLoss, class_weights, soft_cross_entropy
-from cxrtriage.models.package import WEIGHTS_FILE, load_package
+from cxrtriage.models.package import load_package
 from cxrtriage.models.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -279,5 +279,3 @@ def best_model(cfg: TrainConfig, run_dir: str | Path, num_classes: int) -> nn.Mo
     model.load_state_dict(load_file(str(Path(run_dir) / BEST_WEIGHTS)))
     return model.eval()
 
-
-__all__ = ["train", "best_model", "prepare_data", "WEIGHTS_FILE"]

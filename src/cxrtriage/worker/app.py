@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 
 from cxrtriage.config import Settings
+from cxrtriage.logs import job_id
 from cxrtriage.worker.runtime import configure_runtime, reset_runtime
 
 QUEUE = "cxrtriage"
@@ -47,3 +48,14 @@ def configure_app(settings: Settings) -> Celery:
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     reset_runtime()
+
+
+@task_prerun.connect
+def _bind_job_id(task_id: str | None = None, **_: Any) -> None:
+    """Every log line a task writes carries its job id."""
+    job_id.set(task_id or "")
+
+
+@task_postrun.connect
+def _unbind_job_id(**_: Any) -> None:
+    job_id.set("")
