@@ -5,9 +5,11 @@ from cxrtriage.dicom.contexts import CR, CT, DX_PRESENTATION, SECONDARY_CAPTURE
 from cxrtriage.dicom.gating import gate_image
 
 
-def _ds(sop_class=DX_PRESENTATION, modality="DX", view="AP", body="CHEST", codes=()):
+def _ds(sop_class=DX_PRESENTATION, modality="DX", view="AP", body="CHEST", codes=(), laterality=""):
     ds = Dataset()
     ds.SOPClassUID, ds.Modality = sop_class, modality
+    if laterality:
+        ds.ImageLaterality = laterality
     if view:
         ds.ViewPosition = view
     if body:
@@ -33,6 +35,9 @@ def _ds(sop_class=DX_PRESENTATION, modality="DX", view="AP", body="CHEST", codes
     (_ds(view=""), True, "view position not recorded"),
     (_ds(view="", codes=("postero-anterior",)), True, ""),
     (_ds(body=""), True, "body part not recorded"),
+    (_ds(view="", laterality="L"), False, "image laterality L"),
+    (_ds(view="PA", laterality="R"), True, ""),
+    (_ds(view="", laterality="B"), True, "view position not recorded"),
 ])
 def test_gate(ds, accepted, text):
     decision = gate_image(ds)

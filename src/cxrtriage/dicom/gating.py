@@ -5,7 +5,9 @@ Rules, in order (the README lists them too):
 2. Modality, when present, must be CR, DX or (for Secondary Capture) OT.
 3. BodyPartExamined, when present, must be CHEST or THORAX.
 4. ViewPosition, or the view code sequence, must be frontal (PA or AP); a lateral view is skipped.
-   When neither says, the image is accepted and a warning is recorded with the result.
+5. ImageLaterality L or R (one side only) without a frontal view is skipped: a whole-chest
+   frontal image is B or U, or has no laterality.
+   When neither view attribute says, the image is accepted and a warning is recorded with the result.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def gate_image(ds: Dataset) -> GateDecision:
         return GateDecision(False, "lateral view; only frontal (PA/AP) views are classified")
     if view and view not in FRONTAL:
         return GateDecision(False, f"view position {view} is not frontal (PA/AP)")
+    laterality = str(ds.get("ImageLaterality", "")).upper()
+    if laterality in ("L", "R") and view not in FRONTAL and coded != "frontal":
+        return GateDecision(False, f"image laterality {laterality} without a frontal view position")
     warnings: list[str] = []
     if not view and not coded:
         warnings.append("view position not recorded; assumed frontal")
