@@ -65,15 +65,8 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self.cleanup: Path | None = None
         self._log = open(self.log_path, "ab")
-        preexec = None
-        if user:
-            record = pwd.getpwnam(user)
-
-            def preexec() -> None:
-                os.setgid(record.pw_gid)
-                os.setuid(record.pw_uid)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
-                                     env={**os.environ, **(env or {})}, preexec_fn=preexec,
+                                     env={**os.environ, **(env or {})}, preexec_fn=_demote(user),
                                      start_new_session=True)
 
     def log(self) -> str:
