@@ -75,6 +75,10 @@ def test_package_loads_back_with_identical_predictions(tmp_path):
                                / manifest["temperature"], 1).numpy()
     assert classifier.probabilities(images) == pytest.approx(direct, abs=1e-6)
     assert manifest["regression"]["predictions"], "regression predictions are recorded"
+    from cxrtriage.models.data import discover
+
+    held_out = discover(tmp_path / "run" / "validation.csv")
+    assert held_out and all(Path(s.path).is_file() for s in held_out)
 
 
 def test_missing_initial_weights_name_the_file(tmp_path):

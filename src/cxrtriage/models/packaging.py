@@ -4,6 +4,7 @@ predictions, and write the card."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from dataclasses import asdict, replace
@@ -16,6 +17,7 @@ from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, fit_to_square, loa
 from cxrtriage.models import metrics
 from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
+from cxrtriage.models.data import Sample
 from cxrtriage.models.evaluation import summarize
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.package import MANIFEST_FILE, Manifest, save_package
@@ -24,6 +26,7 @@ from cxrtriage.models.training import HISTORY, Prepared, best_model, predict_log
 
 REGRESSION_IMAGES_PER_LABEL = 2
 REGRESSION_DIR = "regression"
+VALIDATION_CSV = "validation.csv"
 
 
 def _copy_regression_images(data: Prepared, labels: list[str], output: Path) -> list[str]:
@@ -79,4 +82,13 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
     (output / "MODEL_CARD.md").write_text(render_card(final, cfg, history))
     shutil.copy(config_file, output / "train_config.toml")
     shutil.copy(run_dir / HISTORY, output / "training_log.json")
+    write_split_csv(data.val, run_dir / VALIDATION_CSV)
     return output
+
+
+def write_split_csv(samples: list[Sample], target: Path) -> None:
+    """The held-out patients as path,label,patient, for `cxrtriage evaluate`."""
+    with open(target, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient"])
+        writer.writerows([s.path, s.label, s.patient] for s in samples)
