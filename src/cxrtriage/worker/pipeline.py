@@ -101,17 +101,18 @@ def _study_outcome(items: list[Examined]) -> tuple[StudyState, str]:
     return StudyState.FAILED, "no image could be analysed: " + "; ".join(reasons)
 
 
-def _previous_sr(rt: Runtime, study_id: int, new_uid: str) -> tuple[Dataset | None, str | None]:
+def _previous_sr(rt: Runtime, study_id: int, new_uid: str) -> Dataset | None:
+    """The study's earlier SR, which a genuinely new result supersedes."""
     with rt.db.session() as session:
         last = latest_export(session, study_id)
         path, uid = (last.path, last.sr_sop_instance_uid) if last else (None, None)
     if uid is None or uid == new_uid or path is None:
-        return None, None
+        return None
     try:
-        return dcmread(path), uid
+        return dcmread(path)
     except (OSError, ValueError):
         logger.warning("earlier SR unreadable; new SR will not reference it", extra={"sr_uid": uid})
-        return None, None
+        return None
 
 
 def process_study(rt: Runtime, study_uid: str) -> str | None:
@@ -232,7 +233,7 @@ def _write_heatmaps(rt: Runtime, classifier: Classifier,
 def _write_sr(rt: Runtime, study_id: int, report: StudyReport) -> tuple[str, Dataset]:
     study_uid = str(report.sources[0].StudyInstanceUID)
     _, sop_uid = report_uids(study_uid, [str(s.SOPInstanceUID) for s in report.sources], report.model)
-    previous, _ = _previous_sr(rt, study_id, sop_uid)
+    previous = _previous_sr(rt, study_id, sop_uid)
     sr = build_report(report, previous)
     buffer = BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
