@@ -36,7 +36,7 @@ def _copy_regression_images(data: Prepared, labels: list[str], output: Path) -> 
         for sample in [s for s in data.val if s.label == label][:REGRESSION_IMAGES_PER_LABEL]:
             relative = Path(REGRESSION_DIR) / label / Path(sample.path).name
             (output / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(sample.path, output / relative)
+            shutil.copyfile(sample.path, output / relative)
             chosen.append(str(relative))
     return chosen
 
