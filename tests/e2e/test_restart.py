@@ -48,8 +48,9 @@ def test_killed_worker_study_is_redone_once(tmp_path: Path, service_factory) -> 
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         assert study is not None and study.attempts == 2
         results = session.scalar(select(func.count()).select_from(InferenceResult))
-        exports = session.scalar(select(func.count()).select_from(SrExport))
+        kinds = [k for (k,) in session.execute(select(SrExport.kind)).all()]
     assert results == IMAGES, "each image has exactly one result"
-    assert exports == 1, "exactly one SR for the study"
+    assert kinds.count("analysed") == 1, "exactly one SR for the study"
+    assert kinds.count("heatmap") == IMAGES, "exactly one heatmap per image"
     service.stop()
     service.check_logs()

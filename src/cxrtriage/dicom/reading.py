@@ -16,6 +16,8 @@ def read_dataset(source: str | Path | BinaryIO, stop_before_pixels: bool = False
     """Parse a DICOM file; files without preamble or file meta are accepted (force=True)."""
     try:
         ds = pydicom.dcmread(source, force=True, stop_before_pixels=stop_before_pixels)
+        for element in ds.iterall():  # parse every element now: pydicom defers, and may raise later
+            _ = element.value
     except InvalidDicomError as exc:
         raise InvalidInputError("not a DICOM file") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
