@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("studies", cmd_studies, "recent studies, their state, reasons and results")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
-    db = add("db", lambda a: (parser.parse_args(["db", "--help"]), 0)[1], "database commands")
+    db = sub.add_parser("db", help="database commands", description="database commands")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="run migrations to the latest revision")
     up.set_defaults(func=cmd_db_upgrade)
