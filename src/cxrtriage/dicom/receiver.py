@@ -236,7 +236,10 @@ class Receiver:
             except OSError:
                 logger.exception("could not quarantine a refused payload")
         calling = str(event.assoc.requestor.ae_title).strip()
-        self.index.instance_rejected(Rejection(assoc_id, calling, status, reason, sop_uid, quarantine))
+        try:
+            self.index.instance_rejected(Rejection(assoc_id, calling, status, reason, sop_uid, quarantine))
+        except Exception:  # the sender still gets its failure status; the log keeps the reason
+            logger.exception("could not record a refusal", extra={"association_id": assoc_id})
         logger.warning("instance refused", extra={"association_id": assoc_id, "status": hex(status),
                                                   "reason": reason})
         return status
