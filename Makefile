@@ -29,6 +29,8 @@ run: system-deps install
 	$(VENV)/bin/cxrtriage serve
 
 test: system-deps install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/python -m pytest -q -ra
 
 lint: install
