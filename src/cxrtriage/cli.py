@@ -165,12 +165,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from cxrtriage.models.packaging import package_run
+    from cxrtriage.models.packaging import Member, package_run
     from cxrtriage.models.train_config import load_train_config
 
     cfg = load_train_config(args.config_file)
     cache = Path(args.cache_dir) if args.cache_dir else None
-    out = package_run(cfg, Path(args.run_dir), Path(args.output), args.config_file, cache)
+    members = [Member(load_train_config(config), Path(run), Path(config)) for config, run in args.member]
+    out = package_run(cfg, Path(args.run_dir), Path(args.output), args.config_file, cache, members,
+                      half=args.half)
     print(f"model package written to {out}")
     return 0
 
@@ -238,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("output")
     p.add_argument("--cache-dir")
+    p.add_argument("--member", nargs=2, action="append", default=[], metavar=("CONFIG", "RUN_DIR"),
+                   help="another run to average with (an ensemble); repeatable")
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p = add("evaluate", cmd_evaluate, "evaluate a model package on labelled data")
     p.add_argument("package")
     p.add_argument("data", help="class folders or CSV")

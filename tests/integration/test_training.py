@@ -131,3 +131,44 @@ def test_config_refuses_unknown_choices():
 
     with pytest.raises(ConfigError, match="schedule"):
         replace(_cfg(), schedule="linear")
+
+
+def test_ensemble_package_averages_members_stored_in_fp16(tmp_path):
+    from cxrtriage.models.packaging import Member
+
+    a, b = _cfg(epochs=1, split_seed=5), _cfg(epochs=1, seed=99, split_seed=5, name="test-b")
+    config_file = tmp_path / "train.toml"
+    config_file.write_text("[train]\n")
+    train(a, tmp_path / "a", progress=False)
+    train(b, tmp_path / "b", progress=False)
+    out = package_run(a, tmp_path / "a", tmp_path / "pkg", config_file,
+                      members=[Member(b, tmp_path / "b", config_file)], half=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["weights"] for m in manifest["members"]] == ["member-2.safetensors"]
+    assert len(manifest["training_data"]["members"]) == 2
+    assert load_file(str(out / "member-2.safetensors"))["fc.weight"].dtype == torch.float16
+    images = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
+    x = torch.from_numpy((images - 0.5) / 0.25)[:, None]
+    logits = []
+    for run in ("a", "b"):
+        net = build_model("resnet18", 2)
+        net.load_state_dict(load_file(str(tmp_path / run / BEST_WEIGHTS)))
+        with torch.inference_mode():
+            logits.append(net.half().float().eval()(x))
+    expected = torch.softmax(torch.stack(logits).mean(0) / manifest["temperature"], 1).numpy()
+    got = Classifier(out, device=torch.device("cpu")).probabilities(images)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert "an ensemble of 2" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_ensemble_members_must_share_validation_patients(tmp_path):
+    from cxrtriage.models.packaging import Member
+
+    a, b = _cfg(epochs=1, split_seed=5), _cfg(epochs=1, seed=99, split_seed=6, name="test-b")
+    config_file = tmp_path / "train.toml"
+    config_file.write_text("[train]\n")
+    train(a, tmp_path / "a", progress=False)
+    train(b, tmp_path / "b", progress=False)
+    with pytest.raises(ModelError, match="split_seed"):
+        package_run(a, tmp_path / "a", tmp_path / "pkg", config_file,
+                    members=[Member(b, tmp_path / "b", config_file)])

@@ -13,6 +13,21 @@ def _ci(metric: dict[str, Any], name: str) -> str:
     return f"{metric[name]:.3f} (95% CI {low:.3f}-{high:.3f})"
 
 
+def _architecture(m: Manifest) -> str:
+    members = m.training_data.get("members", [])
+    if len(members) <= 1:
+        return (f"torchvision `{m.architecture}` with a single-channel stem, trained **from scratch**\n"
+                "  (no ImageNet weights were available)")
+    rows = "\n".join(f"  | {r['name']} | {r['seed']} | {r['epochs_run']} | {r['best_epoch']} | "
+                     f"{r['val_auroc']:.4f} |" for r in members)
+    return (f"an ensemble of {len(members)} torchvision `{m.architecture}` networks with a "
+            "single-channel stem,\n  each trained **from scratch** (no ImageNet weights were "
+            "available) with its own seed on the same\n  patients; their logits are averaged. "
+            f"Weights are stored as {m.training_data.get('weights_dtype', 'float32')}.\n\n"
+            "  | member | seed | epochs run | best epoch | validation AUROC alone |\n"
+            f"  | --- | --- | --- | --- | --- |\n{rows}")
+
+
 def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     val = m.metrics["validation"]
     data = m.training_data
@@ -28,8 +43,7 @@ radiologist; it does not replace the radiologist's read.
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.
-- Architecture: torchvision `{m.architecture}` with a single-channel stem, trained **from scratch**
-  (no ImageNet weights were available).
+- Architecture: {_architecture(m)}
 - Weights sha256: `{m.weights_sha256}`; device UID in SRs: `{m.device_uid}`.
 
 ## Intended population

@@ -1,4 +1,5 @@
-"""Grad-CAM (Selvaraju et al., 2017) for the flag label, on the last convolution of the network."""
+"""Grad-CAM (Selvaraju et al., 2017) for the flag label, on the last convolution of the network
+(of the first member, for an ensemble)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.package import Ensemble
 
 
 def _last_conv(model: nn.Module) -> nn.Module:
@@ -21,7 +23,8 @@ def _last_conv(model: nn.Module) -> nn.Module:
 def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
     """A [0, 1] heat map the size of `image` ([S, S] in [0, 1])."""
     m = classifier.manifest
-    layer = _last_conv(classifier.model)
+    network = classifier.model.members[0] if isinstance(classifier.model, Ensemble) else classifier.model
+    layer = _last_conv(network)
     store: dict[str, torch.Tensor] = {}
     hooks = [layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)),
              layer.register_full_backward_hook(
@@ -30,8 +33,8 @@ def gradcam(classifier: Classifier, image: np.ndarray) -> np.ndarray:
         x = ((torch.from_numpy(image).float() - m.mean) / m.std)[None, None].to(classifier.device)
         x.requires_grad_(True)
         with torch.enable_grad():
-            logits = classifier.model(x)
-            classifier.model.zero_grad()
+            logits = network(x)
+            network.zero_grad()
             logits[0, m.labels.index(m.flag_label)].backward()
     finally:
         for hook in hooks:

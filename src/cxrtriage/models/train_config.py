@@ -52,6 +52,7 @@ class TrainConfig:
     patience: int = 8
     val_fraction: float = 0.15
     seed: int = 20261123
+    split_seed: int | None = None  # patient split; defaults to seed. Ensemble members share it.
     threshold_rule: str = "youden"
     flag_label: str = "PNEUMONIA"
     mean: float = 0.5

@@ -54,7 +54,8 @@ def prepare_data(cfg: TrainConfig, cache_dir: Path) -> Prepared:
     labels = sorted({s.label for s in samples})
     if cfg.flag_label not in labels:
         raise ModelError(f"flag_label {cfg.flag_label!r} is not among the data labels {labels}")
-    train, val, _ = split_by_patient(samples, cfg.val_fraction, cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train, val, _ = split_by_patient(samples, cfg.val_fraction, split_seed)
     index = {label: i for i, label in enumerate(labels)}
     return Prepared(labels, train, val, load_cached(train, cfg.input_size, cache_dir),
                     load_cached(val, cfg.input_size, cache_dir),
