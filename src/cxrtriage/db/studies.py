@@ -33,7 +33,7 @@ def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | 
     for study_id, study_uid, revision in candidates:
         result = session.execute(update(Study).where(
             Study.id == study_id, Study.state == StudyState.RECEIVED, Study.revision == revision)
-            .values(state=StudyState.QUEUED, queued_at=now))
+            .values(state=StudyState.QUEUED, queued_at=now, attempts=0))  # a fresh run
         if result.rowcount:  # type: ignore[attr-defined]
             queued.append(study_uid)
     return queued
@@ -105,7 +105,7 @@ def mark_for_reprocessing(session: Session, model_version_id: int) -> list[str]:
         (Study.model_version_id.is_(None)) | (Study.model_version_id != model_version_id))).all()
     if uids:
         session.execute(update(Study).where(Study.study_uid.in_(uids))
-                        .values(state=StudyState.QUEUED, queued_at=utcnow(),
+                        .values(state=StudyState.QUEUED, queued_at=utcnow(), attempts=0,
                                 reason="reprocessing with a new model version"))
     return list(uids)
 
