@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,7 +82,10 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
     if half:  # measure exactly what ships: weights rounded to fp16
         networks = [n.half().float() for n in networks]
     device = torch.device("cpu")
-    member_logits = [predict_logits(n, data.val_images, cfg, device) for n in networks]
+    # Measure through the serving path (float32 decode), not the float16 training cache, so the
+    # card's figures are those `cxrtriage evaluate` reproduces.
+    val_images = np.stack([fit_to_square(load_gray(s.path), cfg.input_size) for s in data.val])
+    member_logits = [predict_logits(n, val_images, cfg, device) for n in networks]
     logits = torch.stack(member_logits).mean(dim=0)
     temperature = fit_temperature(logits, torch.from_numpy(data.val_y).long())
     flag_index = data.labels.index(cfg.flag_label)
