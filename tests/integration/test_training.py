@@ -133,16 +133,21 @@ def test_config_refuses_unknown_choices():
         replace(_cfg(), schedule="linear")
 
 
-def test_ensemble_package_averages_members_stored_in_fp16(tmp_path):
+def _two_runs(tmp_path: Path, split_b: int):  # type: ignore[no-untyped-def]
+    """Two one-epoch runs with different seeds; the second member's patient split is `split_b`."""
     from cxrtriage.models.packaging import Member
 
-    a, b = _cfg(epochs=1, split_seed=5), _cfg(epochs=1, seed=99, split_seed=5, name="test-b")
+    a, b = _cfg(epochs=1, split_seed=5), _cfg(epochs=1, seed=99, split_seed=split_b, name="test-b")
     config_file = tmp_path / "train.toml"
     config_file.write_text("[train]\n")
     train(a, tmp_path / "a", progress=False)
     train(b, tmp_path / "b", progress=False)
-    out = package_run(a, tmp_path / "a", tmp_path / "pkg", config_file,
-                      members=[Member(b, tmp_path / "b", config_file)], half=True)
+    return a, [Member(b, tmp_path / "b", config_file)], config_file
+
+
+def test_ensemble_package_averages_members_stored_in_fp16(tmp_path):
+    a, members, config_file = _two_runs(tmp_path, split_b=5)
+    out = package_run(a, tmp_path / "a", tmp_path / "pkg", config_file, members=members, half=True)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [m["weights"] for m in manifest["members"]] == ["member-2.safetensors"]
     assert len(manifest["training_data"]["members"]) == 2
@@ -162,13 +167,6 @@ def test_ensemble_package_averages_members_stored_in_fp16(tmp_path):
 
 
 def test_ensemble_members_must_share_validation_patients(tmp_path):
-    from cxrtriage.models.packaging import Member
-
-    a, b = _cfg(epochs=1, split_seed=5), _cfg(epochs=1, seed=99, split_seed=6, name="test-b")
-    config_file = tmp_path / "train.toml"
-    config_file.write_text("[train]\n")
-    train(a, tmp_path / "a", progress=False)
-    train(b, tmp_path / "b", progress=False)
+    a, members, config_file = _two_runs(tmp_path, split_b=6)
     with pytest.raises(ModelError, match="split_seed"):
-        package_run(a, tmp_path / "a", tmp_path / "pkg", config_file,
-                    members=[Member(b, tmp_path / "b", config_file)])
+        package_run(a, tmp_path / "a", tmp_path / "pkg", config_file, members=members)
