@@ -27,8 +27,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class RedactTaskFailures(logging.Filter):
+    """Celery logs a failed task with its exception message and traceback, which may quote a
+    third-party error that carries attribute values. Keep the task id and exception type only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("celery") and record.levelno >= logging.ERROR:
+            kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "error"
+            record.msg, record.args = "task failed: %s (details withheld from logs)", (kind,)
+            record.exc_info = record.exc_text = record.stack_info = None
+            data = record.__dict__.pop("data", None)  # Celery's context: args, repr, traceback
+            if isinstance(data, dict) and data.get("id"):
+                record.__dict__["task_id"] = data["id"]
+        return True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTaskFailures())
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
