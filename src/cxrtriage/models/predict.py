@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.dicom.gating import gate_image
-from cxrtriage.dicom.preprocess import IMAGE_SUFFIXES, fit_to_square, load_gray
+from cxrtriage.dicom.preprocess import IMAGE_SUFFIXES, dataset_to_gray, fit_to_square, image_file_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.inference import Classifier
@@ -26,13 +26,14 @@ def expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _gate_note(path: Path) -> str:
+def _load(path: Path) -> tuple[np.ndarray, str]:
+    """The [0, 1] image and, for DICOM, what the worker's gate would say; each file read once."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ""
-    decision = gate_image(read_dataset(path, stop_before_pixels=True))
-    if not decision.accepted:
-        return f"gate would skip: {decision.reason}"
-    return "; ".join(decision.warnings)
+        return image_file_to_gray(path), ""
+    ds = read_dataset(path)
+    decision = gate_image(ds)
+    note = f"gate would skip: {decision.reason}" if not decision.accepted else "; ".join(decision.warnings)
+    return dataset_to_gray(ds), note
 
 
 def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> list[dict[str, Any]]:
@@ -42,8 +43,8 @@ def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> l
     for path in expand(paths):
         row: dict[str, Any] = {"path": str(path)}
         try:
-            image = fit_to_square(load_gray(path), manifest.input_size)
-            note = _gate_note(path)
+            gray, note = _load(path)
+            image = fit_to_square(gray, manifest.input_size)
         except InvalidInputError as exc:
             rows.append({**row, "error": str(exc), "note": str(exc)})
             continue
