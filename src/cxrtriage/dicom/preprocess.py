@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
 from cxrtriage.errors import InvalidInputError
@@ -68,8 +69,9 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
 
 
 def _first_value(value: object) -> float:
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
-        return float(list(value)[0])  # type: ignore[call-overload]
+    """The first of several windows (VM > 1), or the only one."""
+    if isinstance(value, MultiValue | list | tuple):
+        return float(value[0])
     return float(value)  # type: ignore[arg-type]
 
 
