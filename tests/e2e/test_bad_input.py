@@ -31,24 +31,16 @@ def _statuses(port: int, work: Path) -> dict[str, int]:
     big = radiograph()
     big.Rows, big.Columns = 2000, 1600  # 3.2 MB of 8-bit pixels
     big.PixelData = bytes(2000 * 1600)
-    return {
-        "non-DICOM": send_raw(port, b"MZ\x90\x00 this is not DICOM " * 64, DX_PRESENTATION,
-                              generate_uid(), work),
-        "truncated": send_raw(port, full[: len(full) // 2], DX_PRESENTATION,
-                              str(good.SOPInstanceUID), work),
-        "no pixel data": send_raw(port, encode_dataset(no_pixels), DX_PRESENTATION,
-                                  str(no_pixels.SOPInstanceUID), work),
-        "invalid UID": send_raw(port, encode_dataset(bad_uid), DX_PRESENTATION,
-                                str(bad_uid.SOPInstanceUID), work),
-        "short pixel data": send_raw(port, encode_dataset(short), DX_PRESENTATION,
-                                     str(short.SOPInstanceUID), work),
-        "60000 x 60000": send_raw(port, encode_dataset(huge), DX_PRESENTATION,
-                                  str(huge.SOPInstanceUID), work),
-        "SOP class mismatch": send_raw(port, encode_dataset(mismatch), DX_PRESENTATION,
-                                       str(mismatch.SOPInstanceUID), work),
-        "over the size limit": send_raw(port, encode_dataset(big), DX_PRESENTATION,
-                                        str(big.SOPInstanceUID), work),
+    payloads = {  # case: (bytes sent after a valid file meta, SOP instance UID in the request)
+        "non-DICOM": (b"MZ\x90\x00 this is not DICOM " * 64, generate_uid()),
+        "truncated": (full[: len(full) // 2], str(good.SOPInstanceUID)),
     }
+    for case, ds in {"no pixel data": no_pixels, "invalid UID": bad_uid, "short pixel data": short,
+                     "60000 x 60000": huge, "SOP class mismatch": mismatch,
+                     "over the size limit": big}.items():
+        payloads[case] = (encode_dataset(ds), str(ds.SOPInstanceUID))
+    return {case: send_raw(port, payload, DX_PRESENTATION, uid, work)
+            for case, (payload, uid) in payloads.items()}
 
 
 EXPECTED = {"non-DICOM": 0xC210, "truncated": 0xC210, "no pixel data": 0xC210, "invalid UID": 0xC210,
