@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     sr_retry_base_seconds: float = Field(5.0, gt=0)
     study_quiet_seconds: float = Field(10.0, ge=0)
     processing_lease_seconds: float = Field(300.0, gt=0)
+    study_max_attempts: int = Field(3, ge=1)  # then the study gets a "not analysed" SR
+    # CT, MR and other non-radiograph studies get a recorded reason; an SR only if asked for.
+    sr_for_non_radiograph_studies: bool = False
     sweep_interval_seconds: float = Field(1.0, gt=0)
     model: Path = BUNDLED_MODEL
     heatmaps: bool = True  # a Grad-CAM Secondary Capture per classified image, sent with the SR

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from cxrtriage.dicom.preprocess import fit_to_square, load_gray
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.model_input import fit_to_square, load_gray
 from tests.conftest import BUNDLED
 
 

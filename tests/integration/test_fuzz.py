@@ -13,10 +13,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxrtriage.dicom.contexts import DX_PRESENTATION
 from cxrtriage.dicom.gating import gate_image
-from cxrtriage.dicom.preprocess import dataset_to_gray, fit_to_square
+from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.dicom.receiver import SUCCESS, inspect_payload
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.model_input import fit_to_square
 from tests.factory import radiograph
 from tests.peers import encode_dataset
 

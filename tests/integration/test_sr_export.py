@@ -13,9 +13,10 @@ from cxrtriage.config import Settings
 from cxrtriage.db.models import SrExport, Study
 from cxrtriage.db.results import due_exports, record_export, register_model
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.dicom.sr_writer import StudyReport, build_report
+from cxrtriage.dicom.sr_header import clean_header
+from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
 from cxrtriage.dicom.storage import InstanceStore
-from cxrtriage.domain import ModelInfo
+from cxrtriage.domain import ModelInfo, Reason
 from cxrtriage.worker.export import export_sr
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import radiograph
@@ -31,7 +32,9 @@ def _runtime(tmp_path: Path, destination: str) -> tuple[Runtime, int]:
                         sr_max_attempts=3, sr_retry_base_seconds=0.2)
     rt = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
     ds = radiograph()
-    sr = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [], [ds], not_analysed_reason="test"))
+    uids = report_uids(str(ds.StudyInstanceUID), "test", MODEL)
+    sr = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [], [clean_header(ds)],
+                                  not_analysed_reason=Reason.INTERNAL_ERROR), uids)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     with rt.db.session() as session:

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from cxrtriage.dicom.preprocess import _window, dataset_to_gray, fit_to_square
+from cxrtriage.dicom.preprocess import _window, dataset_to_gray
 from cxrtriage.dicom.wrap import wrap_image
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.model_input import fit_to_square
 
 RAMP = np.arange(256, dtype=np.uint8).reshape(16, 16)
 

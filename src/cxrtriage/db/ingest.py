@@ -14,7 +14,8 @@ from cxrtriage.db.models import (
     StudyAssociation,
     utcnow,
 )
-from cxrtriage.domain import InstanceState, StudyState
+from cxrtriage.domain import InstanceState, RefusedInstance, StoredInstance, StudyState
+from cxrtriage.errors import InstanceConflictError
 
 
 def open_association(session: Session, association_id: str, calling_ae: str, peer: str) -> None:
@@ -42,37 +43,58 @@ def _get_or_create_study(session: Session, study_uid: str) -> Study:
     return study
 
 
-def index_instance(session: Session, *, association_id: str, study_uid: str, series_uid: str,
-                   sop_instance_uid: str, sop_class_uid: str, modality: str, transfer_syntax: str,
-                   path: str, size_bytes: int) -> None:
-    """Record a durably stored instance. A new instance sends a finished or queued study back
-    to `received`, so it is queued again once quiet; a re-sent identical instance is a no-op."""
-    study = _get_or_create_study(session, study_uid)
-    series = session.scalar(select(Series).where(Series.series_uid == series_uid))
+def conflicts(session: Session, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
+    """Whether this SOP Instance UID is already stored under another study or another patient."""
+    row = session.execute(select(Study.study_uid, Instance.patient_id)
+                          .join(Study, Study.id == Instance.study_id)
+                          .where(Instance.sop_instance_uid == sop_instance_uid)).first()
+    if row is None:
+        return False
+    stored_study, stored_patient = row
+    return bool(stored_study != study_uid or (stored_patient is not None and stored_patient != patient_id))
+
+
+def index_instance(session: Session, stored: StoredInstance) -> None:
+    """Record a durably stored instance.
+
+    A new instance, or new content under a known SOP Instance UID of the same study and patient
+    (corrected demographics, say), sends the study back to `received`, so it is read again once
+    quiet. The same file sent again is a no-op. A SOP Instance UID already stored under another
+    study or patient raises InstanceConflictError and changes nothing.
+    """
+    if conflicts(session, stored.study_uid, stored.sop_instance_uid, stored.patient_id):
+        raise InstanceConflictError()
+    study = _get_or_create_study(session, stored.study_uid)
+    series = session.scalar(select(Series).where(Series.series_uid == stored.series_uid))
     if series is None:
-        series = Series(study_id=study.id, series_uid=series_uid, modality=modality[:16])
+        series = Series(study_id=study.id, series_uid=stored.series_uid, modality=stored.modality[:16])
         session.add(series)
         session.flush()
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
-    is_new = instance is None
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == stored.sop_instance_uid))
+    changed = instance is None
     if instance is None:
-        session.add(Instance(series_id=series.id, study_id=study.id, sop_instance_uid=sop_instance_uid,
-                             sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax, path=path,
-                             size_bytes=size_bytes, state=InstanceState.STORED))
+        session.add(Instance(series_id=series.id, study_id=study.id,
+                             sop_instance_uid=stored.sop_instance_uid, sop_class_uid=stored.sop_class_uid,
+                             transfer_syntax=stored.transfer_syntax, path=stored.path,
+                             size_bytes=stored.size_bytes, sha256=stored.sha256,
+                             patient_id=stored.patient_id, state=InstanceState.STORED))
     else:
-        instance.path, instance.size_bytes, instance.transfer_syntax = path, size_bytes, transfer_syntax
-    link = session.get(StudyAssociation, (study.id, association_id))
-    if link is None and session.get(Association, association_id) is not None:
-        session.add(StudyAssociation(study_id=study.id, association_id=association_id))
+        changed = instance.sha256 != stored.sha256 or not stored.sha256
+        instance.path, instance.size_bytes = stored.path, stored.size_bytes
+        instance.transfer_syntax, instance.sha256 = stored.transfer_syntax, stored.sha256
+        instance.patient_id = stored.patient_id
+    link = session.get(StudyAssociation, (study.id, stored.association_id))
+    if link is None and session.get(Association, stored.association_id) is not None:
+        session.add(StudyAssociation(study_id=study.id, association_id=stored.association_id))
     study.last_received_at = utcnow()
-    if is_new or study.state in (StudyState.FAILED,):
+    if changed or study.state == StudyState.FAILED:
         study.revision += 1
         study.state = StudyState.RECEIVED
-        study.reason = ""
+        study.reason, study.reason_code = "", ""
 
 
-def record_rejection(session: Session, *, association_id: str, calling_ae: str, status: int,
-                     reason: str, sop_instance_uid: str | None, quarantine_path: str | None) -> None:
-    session.add(Rejection(association_id=association_id, calling_ae=calling_ae[:16], status=status,
-                          reason=reason, sop_instance_uid=sop_instance_uid,
-                          quarantine_path=quarantine_path))
+def record_rejection(session: Session, refused: RefusedInstance) -> None:
+    session.add(Rejection(association_id=refused.association_id, calling_ae=refused.calling_ae[:16],
+                          status=refused.status, reason=refused.reason,
+                          sop_instance_uid=refused.sop_instance_uid,
+                          quarantine_path=refused.quarantine_path))

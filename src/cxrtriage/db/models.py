@@ -33,6 +33,7 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    reason_code: Mapped[str] = mapped_column(String(32), default="")  # a domain.Reason, or ""
     revision: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every new instance
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     flagged: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
@@ -68,6 +69,8 @@ class Instance(Base):
     transfer_syntax: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), default="")  # of the stored file
+    patient_id: Mapped[str | None] = mapped_column(Text, nullable=True)  # as received
     state: Mapped[str] = mapped_column(String(16), default="stored")
     reason: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, Instance, Rejection, SrExport, Study
-from cxrtriage.db.results import HEATMAP_KIND, latest_export
+from cxrtriage.db.results import latest_export
+from cxrtriage.domain import ExportKind
 
 
 def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
@@ -22,7 +23,7 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         uid_by_id = {i.id: i.sop_instance_uid for i in instances}
         export = latest_export(session, study.id)
         heatmaps = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
-                                                          SrExport.kind == HEATMAP_KIND)).all()
+                                                          SrExport.kind == ExportKind.HEATMAP)).all()
         flag_probs = [r.probabilities.get(r.flag_label, 0.0) for r in results]
         reasons = sorted({i.reason for i in instances if i.reason and i.state != "classified"})
         rows.append({

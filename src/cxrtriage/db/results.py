@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
-from cxrtriage.domain import ExportState, ModelInfo, Prediction
+from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, ModelInfo, Prediction
 
 
 def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
@@ -38,10 +38,6 @@ def save_predictions(session: Session, model_version_id: int, by_instance: dict[
                                     warnings={"warnings": warnings.get(instance_id, [])}))
 
 
-SR_KINDS = ("analysed", "not_analysed")
-HEATMAP_KIND = "heatmap"
-
-
 def latest_export(session: Session, study_id: int) -> SrExport | None:
     """The study's most recent SR (heatmap exports are not SRs)."""
     return session.scalar(select(SrExport).where(SrExport.study_id == study_id,
@@ -50,7 +46,7 @@ def latest_export(session: Session, study_id: int) -> SrExport | None:
 
 
 def record_export(session: Session, *, study_id: int, model_version_id: int, series_uid: str,
-                  sop_uid: str, supersedes_uid: str | None, kind: str, path: str,
+                  sop_uid: str, supersedes_uid: str | None, kind: ExportKind, path: str,
                   destination: str) -> SrExport:
     """Create the export row for a new SR; an SR with the same UID is not exported twice."""
     existing = session.scalar(select(SrExport).where(SrExport.sr_sop_instance_uid == sop_uid))

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import Association, Instance, Series, Study, StudyAssociation, utcnow
-from cxrtriage.domain import StudyState
+from cxrtriage.db.models import Association, Instance, Series, SrExport, Study, StudyAssociation, utcnow
+from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, Reason, StudyState
 
 
 def _has_open_association():  # type: ignore[no-untyped-def]
@@ -59,8 +59,13 @@ def requeue_abandoned(session: Session, redispatch_seconds: float, now: datetime
     return list(expired) + list(stale)
 
 
-def claim_study(session: Session, study_uid: str, lease_seconds: float) -> Study | None:
-    """Take a queued study for processing. None when another worker has it or it is not queued."""
+def claim_study(session: Session, study_uid: str, lease_seconds: float, max_attempts: int) -> Claim | None:
+    """Take a queued study for processing. None when another worker has it or it is not queued.
+
+    The attempt limit holds here, whoever dispatched the study: a claim past `max_attempts` is
+    marked exhausted, and the worker reports "not analysed" instead of reading the study again.
+    The study's earlier SRs are read in the same session, so the new SR knows what it supersedes.
+    """
     now = utcnow()
     result = session.execute(update(Study).where(Study.study_uid == study_uid,
                                                  Study.state == StudyState.QUEUED)
@@ -69,7 +74,27 @@ def claim_study(session: Session, study_uid: str, lease_seconds: float) -> Study
                                      claimed_revision=Study.revision))
     if not result.rowcount:  # type: ignore[attr-defined]
         return None
-    return session.scalar(select(Study).where(Study.study_uid == study_uid))
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
+        return None
+    exports = session.execute(select(SrExport.sr_sop_instance_uid, SrExport.path)
+                              .where(SrExport.study_id == study.id, SrExport.kind.in_(SR_KINDS))
+                              .order_by(SrExport.id)).all()
+    previous_uid, previous_path = exports[-1] if exports else (None, None)
+    instances = tuple(InstanceRef(i.id, i.sop_instance_uid, i.sop_class_uid, i.path, i.sha256)
+                      for i in study_instances(session, study.id))
+    return Claim(study.id, study.study_uid, int(study.claimed_revision or 0), study.attempts,
+                 study.attempts > max_attempts, instances, previous_uid, previous_path,
+                 frozenset(uid for uid, _ in exports))
+
+
+def release_claim(session: Session, study_id: int, attempt: int) -> bool:
+    """Give a claim back to the queue at once (its attempt still counts), after a failure that
+    left no result, so the study is redone without waiting for its lease to run out."""
+    result = session.execute(update(Study).where(
+        Study.id == study_id, Study.state == StudyState.PROCESSING, Study.attempts == attempt)
+        .values(state=StudyState.QUEUED, queued_at=utcnow(), lease_expires_at=None))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def extend_lease(session: Session, study_id: int, attempt: int, lease_seconds: float) -> bool:
@@ -81,15 +106,16 @@ def extend_lease(session: Session, study_id: int, attempt: int, lease_seconds: f
 
 
 def finish_study(session: Session, study_id: int, claimed_revision: int, attempt: int,
-                 state: StudyState, reason: str, flagged: bool | None,
+                 state: StudyState, reason: Reason | None, flagged: bool | None,
                  model_version_id: int | None) -> bool:
     """Record the outcome if this claim (attempt) still holds and no new instance arrived
     meanwhile; otherwise the study is, or will be, processed again. Returns whether recorded."""
     result = session.execute(update(Study).where(
         Study.id == study_id, Study.state == StudyState.PROCESSING, Study.attempts == attempt,
         Study.revision == claimed_revision)
-        .values(state=state, reason=reason, flagged=flagged, model_version_id=model_version_id,
-                finished_at=utcnow(), lease_expires_at=None))
+        .values(state=state, reason=reason.text if reason else "", reason_code=reason or "",
+                flagged=flagged, model_version_id=model_version_id, finished_at=utcnow(),
+                lease_expires_at=None))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -31,8 +31,14 @@ RADIOGRAPH_SOP_CLASSES = {CR: "CR", DX_PRESENTATION: "DX (for presentation)",
                           DX_PROCESSING: "DX (for processing)", SECONDARY_CAPTURE: "Secondary Capture"}
 ACCEPTED_SOP_CLASSES = {**RADIOGRAPH_SOP_CLASSES, CT: "CT", MR: "MR"}
 
+# Order is preference: when a sender proposes several syntaxes in one presentation context, the
+# first of ours that it proposed wins (pynetdicom negotiates in the acceptor's order). Compressed
+# syntaxes come first, so a file arrives as the sender holds it instead of being decompressed
+# (or, worse, recompressed) on the way; lossless before lossy, so that a sender able to send either
+# keeps the exact pixels.
+LOSSLESS_COMPRESSED = [JPEGLSLossless, JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, RLELossless]
+LOSSY_COMPRESSED = [JPEGLSNearLossless, JPEG2000, JPEGExtended12Bit, JPEGBaseline8Bit]
+COMPRESSED = LOSSLESS_COMPRESSED + LOSSY_COMPRESSED
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                 ExplicitVRBigEndian]
-COMPRESSED = [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
-              JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
-ACCEPTED_TRANSFER_SYNTAXES = UNCOMPRESSED + COMPRESSED
+ACCEPTED_TRANSFER_SYNTAXES = COMPRESSED + UNCOMPRESSED

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE
-from cxrtriage.domain import GateDecision
+from cxrtriage.domain import GateDecision, Reason
 
 FRONTAL = {"PA", "AP"}
 LATERAL = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
@@ -37,25 +37,25 @@ def gate_image(ds: Dataset) -> GateDecision:
     sop_class = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", "")).upper()
     if sop_class not in RADIOGRAPH_SOP_CLASSES:
-        return GateDecision(False, f"modality {modality or 'unknown'} is not a chest radiograph")
+        return GateDecision(False, Reason.NOT_RADIOGRAPH)
     allowed = {"CR", "DX", "OT", ""} if sop_class == SECONDARY_CAPTURE else {"CR", "DX", ""}
     if modality not in allowed:
-        return GateDecision(False, f"modality {modality} is not a chest radiograph")
+        return GateDecision(False, Reason.NOT_RADIOGRAPH)
     body_part = str(ds.get("BodyPartExamined", "")).upper()
     if body_part and body_part not in CHEST:
-        return GateDecision(False, f"body part {body_part} is not chest")
+        return GateDecision(False, Reason.NOT_CHEST)
     view = str(ds.get("ViewPosition", "")).upper()
     coded = _view_from_codes(ds)
     if view in LATERAL or coded == "lateral":
-        return GateDecision(False, "lateral view; only frontal (PA/AP) views are classified")
+        return GateDecision(False, Reason.NOT_FRONTAL)
     if view and view not in FRONTAL:
-        return GateDecision(False, f"view position {view} is not frontal (PA/AP)")
+        return GateDecision(False, Reason.NOT_FRONTAL)
     laterality = str(ds.get("ImageLaterality", "")).upper()
     if laterality in ("L", "R") and view not in FRONTAL and coded != "frontal":
-        return GateDecision(False, f"image laterality {laterality} without a frontal view position")
+        return GateDecision(False, Reason.NOT_FRONTAL)
     warnings: list[str] = []
     if not view and not coded:
         warnings.append("view position not recorded; assumed frontal")
     if not body_part:
         warnings.append("body part not recorded; assumed chest")
-    return GateDecision(True, "", tuple(warnings))
+    return GateDecision(True, None, tuple(warnings))

@@ -13,17 +13,22 @@ from cxrtriage.domain import ModelInfo
 SERIES_NUMBER = 9902
 
 
-def heatmap_uids(source_sop_uid: str, study_uid: str, model: ModelInfo) -> tuple[str, str]:
-    """Series UID per study and model; SOP UID per source image and model: re-runs reuse them."""
+def heatmap_uids(source_sop_uid: str, study_uid: str, model: ModelInfo,
+                 source_sha256: str = "") -> tuple[str, str]:
+    """Series UID per study and model; SOP UID per source image, its content and the model:
+    re-runs reuse them, and a replaced source file gets a new one."""
     return (derive_uid(study_uid, "heatmap-series", model.weights_sha256),
-            derive_uid(source_sop_uid, "heatmap", model.weights_sha256))
+            derive_uid(source_sop_uid, "heatmap", model.weights_sha256, source_sha256))
 
 
-def build_heatmap(source: Dataset, rgb: np.ndarray, model: ModelInfo, instance_number: int) -> Dataset:
-    """`rgb`: uint8 [rows, cols, 3] overlay of the preprocessed image and its Grad-CAM map."""
+def build_heatmap(source: Dataset, rgb: np.ndarray, model: ModelInfo, instance_number: int,
+                  source_sha256: str = "") -> Dataset:
+    """`source`: the clean header of the image (sr_header.clean_header). `rgb`: uint8
+    [rows, cols, 3] overlay of the preprocessed image and its Grad-CAM map."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb must be uint8 [rows, cols, 3], got {rgb.dtype} {rgb.shape}")
-    series_uid, sop_uid = heatmap_uids(str(source.SOPInstanceUID), str(source.StudyInstanceUID), model)
+    series_uid, sop_uid = heatmap_uids(str(source.SOPInstanceUID), str(source.StudyInstanceUID), model,
+                                       source_sha256)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SERIES_NUMBER,

@@ -1,29 +1,25 @@
-"""Pixels to model input. One function path, shared by the worker, `predict` and training.
+"""Stored pixels to a displayable grayscale image: the DICOM grayscale pipeline (PS3.3 C.11).
 
-The steps follow the DICOM grayscale pipeline (PS3.3 C.11): modality LUT, VOI LUT or window
-(or the full stored range when neither is present), MONOCHROME1 / INVERSE inversion, then a
-single channel in [0, 1], resized keeping the aspect ratio and padded to a square.
+Modality LUT, VOI LUT or window (or the full stored range when neither is present), MONOCHROME1 /
+INVERSE inversion, then a single channel in [0, 1]. Shared by the worker, `predict`, training and
+the review app. Sizing for the model lives in `models/model_input.py`; this module stays free of
+torch so that the receiver never loads it.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
+from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "1"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MAX_PIXELS = 16384 * 16384
 
 
@@ -52,7 +48,8 @@ def _first_frame(ds: Dataset) -> np.ndarray:
         else:
             arr = ds.pixel_array
     except Exception as exc:  # decoders raise many types; the reason is what matters
-        raise InvalidInputError(f"pixel data cannot be decoded: {type(exc).__name__}") from exc
+        raise InvalidInputError(f"pixel data cannot be decoded: {type(exc).__name__}",
+                                Reason.UNDECODABLE_PIXELS) from exc
     return np.asarray(arr)
 
 
@@ -140,42 +137,3 @@ def _dataset_to_gray(ds: Dataset) -> np.ndarray:
     if padding is not None:
         gray[padding] = 0.0
     return gray.astype(np.float32)
-
-
-def image_file_to_gray(path: str | Path) -> np.ndarray:
-    """A PNG or JPEG file as single-channel float32 in [0, 1]."""
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                return np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
-            return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0).astype(np.float32)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"not a readable PNG/JPEG image: {type(exc).__name__}") from exc
-
-
-def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the longer side is `size`, keeping the aspect ratio, then pad with black."""
-    if gray.ndim != 2:
-        raise InvalidInputError(f"expected a 2-D image, got shape {gray.shape}")
-    height, width = gray.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    tensor = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
-    if (new_h, new_w) != (height, width):
-        tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear",
-                               align_corners=False, antialias=True)
-    out = torch.zeros((size, size), dtype=torch.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = tensor[0, 0].clamp(0.0, 1.0)
-    return out.numpy()
-
-
-def load_gray(path: str | Path) -> np.ndarray:
-    """Any supported file (DICOM, PNG, JPEG) as a [0, 1] grayscale image."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return image_file_to_gray(path)
-    from cxrtriage.dicom.reading import read_dataset
-
-    return dataset_to_gray(read_dataset(path))

@@ -3,6 +3,7 @@ heavier. Its collaborators (index, association bookkeeping) are passed in, not i
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import ssl
@@ -24,7 +25,8 @@ from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYN
 from cxrtriage.dicom.preprocess import check_pixel_contract
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.dicom.uids import is_valid_uid, require_uid
-from cxrtriage.errors import InvalidInputError
+from cxrtriage.domain import RefusedInstance, StoredInstance
+from cxrtriage.errors import InstanceConflictError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -36,32 +38,12 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+# Our own code in the "cannot understand" range: the SOP Instance UID is already stored under
+# another study or another patient. Storing it would let one patient's result reach another.
+UID_CONFLICT = 0xC211
 
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                    "1.2.840.10008.1.2.2"}
-
-
-@dataclass(frozen=True)
-class StoredInstance:
-    association_id: str
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str
-    transfer_syntax: str
-    path: str
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class Rejection:
-    association_id: str
-    calling_ae: str
-    status: int
-    reason: str
-    sop_instance_uid: str | None
-    quarantine_path: str | None
 
 
 class ReceiverIndex(Protocol):
@@ -69,8 +51,9 @@ class ReceiverIndex(Protocol):
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None: ...
     def association_closed(self, association_id: str) -> None: ...
+    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool: ...
     def instance_stored(self, stored: StoredInstance) -> None: ...
-    def instance_rejected(self, rejection: Rejection) -> None: ...
+    def instance_rejected(self, refused: RefusedInstance) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -237,7 +220,8 @@ class Receiver:
                 logger.exception("could not quarantine a refused payload")
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
-            self.index.instance_rejected(Rejection(assoc_id, calling, status, reason, sop_uid, quarantine))
+            self.index.instance_rejected(RefusedInstance(assoc_id, calling, status, reason, sop_uid,
+                                                         quarantine))
         except Exception:  # the sender still gets its failure status; the log keeps the reason
             logger.exception("could not record a refusal", extra={"association_id": assoc_id})
         logger.warning("instance refused", extra={"association_id": assoc_id, "status": hex(status),
@@ -257,19 +241,30 @@ class Receiver:
         if inspection.status != SUCCESS or ds is None:
             kept = raw_dataset if inspection.status != OUT_OF_RESOURCES else None
             return self._reject(event, assoc_id, inspection.status, inspection.reason, kept, safe_uid)
+        study_uid, patient_id = str(ds.StudyInstanceUID), str(ds.get("PatientID", "") or "")
+        try:
+            conflict = self.index.conflicts(study_uid, request_uid, patient_id)
+        except Exception:
+            logger.exception("index lookup failed", extra={"sop_instance_uid": request_uid})
+            return OUT_OF_RESOURCES
+        if conflict:  # checked before writing: the stored file of the other study stays untouched
+            return self._reject(event, assoc_id, UID_CONFLICT, str(InstanceConflictError()), raw_dataset,
+                                safe_uid)
         try:
             encoded = event.encoded_dataset(include_meta=True)
-            path = self.store.store(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
-                                    [encoded])
+            path = self.store.store(study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, [encoded])
         except OSError as exc:
             logger.error("storage write failed", extra={"sop_instance_uid": request_uid,
                                                         "error": type(exc).__name__})
             return OUT_OF_RESOURCES
-        stored = StoredInstance(assoc_id, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+        stored = StoredInstance(assoc_id, study_uid, str(ds.SeriesInstanceUID),
                                 request_uid, str(ds.SOPClassUID), str(ds.get("Modality", "")),
-                                transfer_syntax, str(path), Path(path).stat().st_size)
+                                transfer_syntax, str(path), Path(path).stat().st_size,
+                                hashlib.sha256(raw_dataset).hexdigest(), patient_id)
         try:
             self.index.instance_stored(stored)
+        except InstanceConflictError as exc:  # lost a race with another association
+            return self._reject(event, assoc_id, UID_CONFLICT, str(exc), None, safe_uid)
         except Exception:  # the file is kept; the sender will retry and we index it then
             logger.exception("indexing failed", extra={"sop_instance_uid": request_uid})
             return OUT_OF_RESOURCES

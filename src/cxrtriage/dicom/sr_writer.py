@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from cxrtriage.dicom.uids import derive_uid
-from cxrtriage.domain import ModelInfo, Prediction
+from cxrtriage.domain import ModelInfo, Prediction, Reason
 
 SCHEME = "99CXRT"  # private coding scheme of cxr-triage
 SERIES_NUMBER = 9901
@@ -42,17 +42,24 @@ class StudyReport:
     flag_label: str
     threshold: float
     predictions: list[Prediction]
-    sources: list[Dataset]  # headers of every stored image of the study, analysed or not
+    sources: list[Dataset]  # clean headers (sr_header.clean_header) of the study's images
     flagged: bool = False
-    not_analysed_reason: str = ""
+    not_analysed_reason: Reason | None = None
     warnings: dict[str, list[str]] = field(default_factory=dict)
 
 
-def report_uids(study_uid: str, instance_uids: list[str], model: ModelInfo) -> tuple[str, str]:
-    """Series and SOP instance UIDs that are the same for the same study, images and model."""
-    digest = hashlib.sha256("\n".join(sorted(instance_uids)).encode()).hexdigest()
+@dataclass(frozen=True)
+class ReportUids:
+    series_uid: str
+    sop_uid: str
+
+
+def report_uids(study_uid: str, content_key: str, model: ModelInfo, *salt: str) -> ReportUids:
+    """The SR's UIDs. The series is the same for a study and model; the instance UID follows
+    `content_key`, a digest of everything the SR states, so the same UID never carries different
+    content. `salt` gives a fresh UID to content that an earlier SR already had."""
     series = derive_uid(study_uid, "sr-series", model.weights_sha256)
-    return series, derive_uid(study_uid, "sr", digest, model.weights_sha256)
+    return ReportUids(series, derive_uid(study_uid, "sr", content_key, model.weights_sha256, *salt))
 
 
 def _probability(label: str) -> hd.sr.CodedConcept:
@@ -91,8 +98,9 @@ def _study_group(report: StudyReport, study_uid: str) -> hd.sr.MeasurementsAndQu
     evaluations = [hd.sr.QualitativeEvaluation(INTENDED_USE, NOT_DIAGNOSTIC)]
     measurements = []
     if report.not_analysed_reason:
-        reason = f"Not analysed: {report.not_analysed_reason}"
-        evaluations.append(hd.sr.QualitativeEvaluation(STATUS, _text_code("NA", reason)))
+        reason = report.not_analysed_reason
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            STATUS, hd.sr.CodedConcept(reason.value.upper(), SCHEME, f"Not analysed: {reason.text}"[:64])))
     else:
         evaluations += [hd.sr.QualitativeEvaluation(STATUS, ANALYSED),
                         hd.sr.QualitativeEvaluation(FLAGGED, YES if report.flagged else NO)]
@@ -109,7 +117,8 @@ def _study_group(report: StudyReport, study_uid: str) -> hd.sr.MeasurementsAndQu
     )
 
 
-def build_report(report: StudyReport, previous: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
+def build_report(report: StudyReport, uids: ReportUids,
+                 previous: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
     """The SR dataset; `previous` is an earlier SR of ours that this one supersedes."""
     if not report.sources:
         raise ValueError("sources must hold at least one image header of the study")
@@ -130,14 +139,13 @@ def build_report(report: StudyReport, previous: Dataset | None = None) -> hd.sr.
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
-    series_uid, sop_uid = report_uids(study_uid, list(by_uid), report.model)
     now = datetime.now()
     return hd.sr.Comprehensive3DSR(
         evidence=report.sources,
         content=content,
-        series_instance_uid=series_uid,
+        series_instance_uid=uids.series_uid,
         series_number=SERIES_NUMBER,
-        sop_instance_uid=sop_uid,
+        sop_instance_uid=uids.sop_uid,
         instance_number=1,
         manufacturer="cxr-triage",
         is_complete=True,

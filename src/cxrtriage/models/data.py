@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, fit_to_square, load_gray
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
 
 logger = logging.getLogger(__name__)
 

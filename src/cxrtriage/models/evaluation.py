@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cxrtriage.dicom.preprocess import fit_to_square, load_gray
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models import metrics, plots
 from cxrtriage.models.data import discover
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.model_input import fit_to_square, load_gray
 
 
 def summarize(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -7,10 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.dicom.gating import gate_image
-from cxrtriage.dicom.preprocess import IMAGE_SUFFIXES, dataset_to_gray, fit_to_square, image_file_to_gray
-from cxrtriage.dicom.reading import read_dataset
-from cxrtriage.errors import InvalidInputError
+from cxrtriage.domain import Reason
+from cxrtriage.models.examine import examine_file
 from cxrtriage.models.inference import Classifier
 
 
@@ -26,28 +24,20 @@ def expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _load(path: Path) -> tuple[np.ndarray, str]:
-    """The [0, 1] image and, for DICOM, what the worker's gate would say; each file read once."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return image_file_to_gray(path), ""
-    ds = read_dataset(path)
-    decision = gate_image(ds)
-    note = f"gate would skip: {decision.reason}" if not decision.accepted else "; ".join(decision.warnings)
-    return dataset_to_gray(ds), note
-
-
 def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> list[dict[str, Any]]:
     classifier = Classifier(package)
     manifest = classifier.manifest
     rows: list[dict[str, Any]] = []
     for path in expand(paths):
         row: dict[str, Any] = {"path": str(path)}
-        try:
-            gray, note = _load(path)
-            image = fit_to_square(gray, manifest.input_size)
-        except InvalidInputError as exc:
-            rows.append({**row, "error": str(exc), "note": str(exc)})
+        item = examine_file(path, manifest, enforce_gate=False)
+        if item.image is None:
+            failed = item.failed or Reason.UNREADABLE_FILE
+            rows.append({**row, "error": failed.value, "note": failed.text})
             continue
+        image = item.image
+        notes = [f"gate would skip: {item.skipped.text}"] if item.skipped else []
+        note = "; ".join(notes + item.warnings)
         pred = classifier.predict([path.name], image[np.newaxis])[0]
         best = max(pred.probabilities, key=lambda k: pred.probabilities[k])
         row.update(label=best, probability=pred.probabilities[manifest.flag_label],

@@ -1,15 +1,21 @@
-"""Processing one study: claim, gate, preprocess, classify, record, write the SR.
+"""One study through a declared sequence of named steps, with one error boundary.
 
-The steps, in order: claim (DB) -> read and gate each image -> preprocess -> classify the
-accepted images as one batch -> write the SR -> record results, states and the export (DB).
+    claim (DB) -> read and gate -> preprocess -> classify -> report -> record (DB)
+
+Each step reads and extends one `StudyRun`. Whatever a step raises becomes a coded reason and a
+"not analysed" SR, never silence. Only if even that cannot be written (storage or database down)
+is the claim given back, so the study is redone; the attempt limit at claim time ends the loop.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from io import BytesIO
 
 import numpy as np
@@ -17,164 +23,317 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cxrtriage.db.models import Instance
-from cxrtriage.db.results import (
-    HEATMAP_KIND,
-    latest_export,
-    record_export,
-    register_model,
-    save_predictions,
-)
+from cxrtriage.db.results import record_export, register_model, save_predictions
 from cxrtriage.db.studies import (
     claim_study,
     extend_lease,
     finish_study,
-    study_instances,
+    release_claim,
     update_series_states,
 )
-from cxrtriage.dicom.gating import gate_image
-from cxrtriage.dicom.heatmap_writer import build_heatmap
-from cxrtriage.dicom.preprocess import PREPROCESSING_VERSION, dataset_to_gray, fit_to_square
+from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES
+from cxrtriage.dicom.heatmap_writer import build_heatmap, heatmap_uids
 from cxrtriage.dicom.reading import read_dataset
+from cxrtriage.dicom.sr_header import clean_header
 from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
-from cxrtriage.domain import InstanceState, Prediction, StudyState
+from cxrtriage.domain import (
+    Claim,
+    ExportKind,
+    InstanceRef,
+    InstanceState,
+    Prediction,
+    Reason,
+    StudyState,
+)
 from cxrtriage.errors import InvalidInputError
-from cxrtriage.models.gradcam import overlay
-from cxrtriage.models.inference import Classifier
-from cxrtriage.models.package import Manifest
+from cxrtriage.models.examine import Examined, gate, prepare
+from cxrtriage.models.model_input import PREPROCESSING_VERSION
 from cxrtriage.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-_AGE = re.compile(r"^(\d{3})([DWMY])$")
-_AGE_IN_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+@dataclass(frozen=True)
+class Output:
+    """A DICOM object the report step stored, for the record step to export."""
+
+    path: str
+    dataset: Dataset
+    kind: ExportKind
 
 
 @dataclass
-class Examined:
-    """Per-instance outcome of reading and gating, before classification."""
+class StudyRun:
+    """What the steps know about the study so far."""
 
-    instance_id: int
-    sop_uid: str
-    header: Dataset | None = None
-    image: np.ndarray | None = None
-    state: str = InstanceState.STORED
-    reason: str = ""
-    warnings: list[str] = field(default_factory=list)
+    claim: Claim
+    model_version_id: int
+    items: list[tuple[InstanceRef, Examined]] = field(default_factory=list)
+    predictions: dict[int, Prediction] = field(default_factory=dict)
+    reason: Reason | None = None  # set once the study cannot be analysed
+    state: StudyState | None = None
+    minimal_headers: bool = False
+    outputs: list[Output] = field(default_factory=list)
 
+    def fail(self, reason: Reason, minimal_headers: bool) -> None:
+        self.predictions, self.outputs = {}, []
+        self.reason, self.minimal_headers = reason, minimal_headers
 
-def age_warning(ds: Dataset, manifest: Manifest) -> str:
-    """A note when the patient's age is outside the model's intended population."""
-    population = manifest.intended_population
-    low, high = population.get("min_age_years"), population.get("max_age_years")
-    match = _AGE.match(str(ds.get("PatientAge", "")))
-    if not match or low is None or high is None:
-        return ""
-    years = int(match.group(1)) * _AGE_IN_YEARS[match.group(2)]
-    if low <= years < high + 1:
-        return ""
-    return f"age outside intended population ({low}-{high} years)"
+    @property
+    def headers(self) -> list[tuple[InstanceRef, Dataset]]:
+        return [(ref, item.header) for ref, item in self.items if item.header is not None]
 
 
-def examine(instance_id: int, sop_uid: str, path: str, manifest: Manifest) -> Examined:
-    item = Examined(instance_id, sop_uid)
-    try:
-        ds = read_dataset(path)
-        item.header = ds
-        decision = gate_image(ds)
-        if not decision.accepted:
-            item.state, item.reason = InstanceState.SKIPPED, decision.reason
-            return item
-        item.warnings = list(decision.warnings)
-        if note := age_warning(ds, manifest):
-            item.warnings.append(note)
-        item.image = fit_to_square(dataset_to_gray(ds), manifest.input_size)
-    except InvalidInputError as exc:
-        item.state, item.reason = InstanceState.FAILED, str(exc)
-    return item
+def read_and_gate(rt: Runtime, run: StudyRun) -> None:
+    """Read every stored file of the study and decide which images the model may see. A study
+    whose images name different patients is not analysed at all."""
+    manifest = rt.classifier.manifest
+    for ref in run.claim.instances:
+        try:
+            ds = read_dataset(ref.path, stop_before_pixels=run.reason is not None)
+        except InvalidInputError as exc:
+            run.items.append((ref, Examined(failed=exc.reason)))
+            continue
+        run.items.append((ref, gate(ds, manifest)))
+    if len({str(h.get("PatientID", "")) for _, h in run.headers}) > 1:
+        run.reason = Reason.PATIENT_IDENTITY_INCONSISTENT
 
 
-def _study_outcome(items: list[Examined]) -> tuple[StudyState, str]:
-    if any(i.image is not None for i in items):
-        return StudyState.DONE, ""
-    reasons = sorted({i.reason for i in items if i.reason})
-    if all(i.state == InstanceState.SKIPPED for i in items):
-        return StudyState.SKIPPED, "no frontal chest radiograph: " + "; ".join(reasons)
-    return StudyState.FAILED, "no image could be analysed: " + "; ".join(reasons)
+def preprocess(rt: Runtime, run: StudyRun) -> None:
+    if run.reason:
+        return
+    for _, item in run.items:
+        if item.header is not None and item.reason is None:
+            prepare(item, rt.classifier.manifest.input_size)
 
 
-def _previous_sr(rt: Runtime, study_id: int, new_uid: str) -> Dataset | None:
-    """The study's earlier SR, which a genuinely new result supersedes."""
-    with rt.db.session() as session:
-        last = latest_export(session, study_id)
-        path, uid = (last.path, last.sr_sop_instance_uid) if last else (None, None)
-    if uid is None or uid == new_uid or path is None:
+def classify(rt: Runtime, run: StudyRun) -> None:
+    """All accepted images of the study in one batch."""
+    accepted = [(ref, item.image) for ref, item in run.items if item.image is not None]
+    if run.reason or not accepted:
+        return
+    preds = rt.classifier.predict([ref.sop_instance_uid for ref, _ in accepted],
+                                  np.stack([image for _, image in accepted]))
+    run.predictions = {ref.instance_id: pred for (ref, _), pred in zip(accepted, preds, strict=True)}
+
+
+def _outcome(run: StudyRun) -> tuple[StudyState, Reason | None]:
+    if run.reason:
+        return StudyState.FAILED, run.reason
+    if run.predictions:
+        return StudyState.DONE, None
+    if not any(ref.sop_class_uid in RADIOGRAPH_SOP_CLASSES for ref in run.claim.instances):
+        return StudyState.SKIPPED, Reason.NOT_RADIOGRAPH
+    items = [item for _, item in run.items]
+    if all(item.skipped for item in items):
+        return StudyState.SKIPPED, Reason.NO_FRONTAL_CHEST_IMAGE
+    failures = {item.failed for item in items if item.failed}
+    return StudyState.FAILED, failures.pop() if len(failures) == 1 else Reason.NO_IMAGE_ANALYSABLE
+
+
+def _own_patient(run: StudyRun) -> list[tuple[InstanceRef, Dataset]]:
+    """The images of the patient the study's first image names: an SR names one patient and
+    references only that patient's images."""
+    headers = run.headers
+    patient = str(headers[0][1].get("PatientID", ""))
+    return [(ref, h) for ref, h in headers if str(h.get("PatientID", "")) == patient]
+
+
+def _content_key(run: StudyRun, sources: list[tuple[InstanceRef, Dataset]], model_threshold: float) -> str:
+    """A digest of everything the SR states: its images' exact files and the outcome."""
+    content = {
+        "images": sorted((ref.sop_instance_uid, ref.sha256) for ref, _ in sources),
+        "state": run.state, "reason": run.reason, "minimal": run.minimal_headers,
+        "threshold": model_threshold,
+        "predictions": sorted((p.sop_instance_uid, sorted(p.probabilities.items()), p.flagged)
+                              for p in run.predictions.values()),
+        "warnings": sorted((ref.sop_instance_uid, item.warnings) for ref, item in run.items
+                           if ref.instance_id in run.predictions),
+    }
+    return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
+
+
+def _stored_or_built(rt: Runtime, study_uid: str, series_uid: str, sop_uid: str,
+                     build: Callable[[], Dataset]) -> tuple[str, Dataset]:
+    """The object already stored under these UIDs (byte for byte), or a new one, stored."""
+    path = rt.store.path_for(study_uid, series_uid, sop_uid)
+    if path.exists():
+        return str(path), dcmread(path)
+    ds = build()
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return str(rt.store.store(study_uid, series_uid, sop_uid, [buffer.getvalue()])), ds
+
+
+def _previous_sr(claim: Claim, new_uid: str) -> Dataset | None:
+    if claim.previous_sr_uid in (None, new_uid) or claim.previous_sr_path is None:
         return None
     try:
-        return dcmread(path)
+        return dcmread(claim.previous_sr_path)
     except (OSError, ValueError):
-        logger.warning("earlier SR unreadable; new SR will not reference it", extra={"sr_uid": uid})
+        logger.warning("earlier SR unreadable; new SR will not reference it",
+                       extra={"sr_uid": claim.previous_sr_uid})
         return None
 
 
-def process_study(rt: Runtime, study_uid: str) -> str | None:
-    """Process a queued study once. Returns the final state, or None when there was nothing to
-    do (another worker has it, or it is no longer queued)."""
+def report(rt: Runtime, run: StudyRun) -> None:
+    """Decide the outcome and store the SR (and heatmaps) that state it."""
+    run.state, run.reason = _outcome(run)
+    has_radiograph = any(ref.sop_class_uid in RADIOGRAPH_SOP_CLASSES for ref in run.claim.instances)
+    if not (has_radiograph or rt.settings.sr_for_non_radiograph_studies):
+        return  # a CT or MR study routed here: the reason is recorded, the PACS is left alone
+    if not run.headers:
+        logger.error("no readable header in the study; no SR can name its patient",
+                     extra={"study_uid": run.claim.study_uid})
+        return
+    sources = [(ref, clean_header(h, run.minimal_headers)) for ref, h in _own_patient(run)]
+    manifest = rt.classifier.manifest
+    model = manifest.model_info()
+    study_uid = run.claim.study_uid
+    uids = report_uids(study_uid, _content_key(run, sources, manifest.threshold), model)
+    if uids.sop_uid in run.claim.sr_uids and uids.sop_uid != run.claim.previous_sr_uid:
+        # The same content as an SR that was since superseded: a fresh UID supersedes the latest.
+        uids = report_uids(study_uid, uids.sop_uid, model, str(run.claim.previous_sr_uid))
+    headers = {ref.sop_instance_uid: h for ref, h in sources}
+    predictions = [p for p in run.predictions.values() if p.sop_instance_uid in headers]
+    content = StudyReport(
+        model=model, flag_label=manifest.flag_label, threshold=manifest.threshold,
+        predictions=predictions, sources=[h for _, h in sources],
+        flagged=any(p.flagged for p in predictions), not_analysed_reason=run.reason,
+        warnings={ref.sop_instance_uid: item.warnings for ref, item in run.items
+                  if ref.instance_id in run.predictions and item.warnings})
+    path, sr = _stored_or_built(rt, study_uid, uids.series_uid, uids.sop_uid,
+                                lambda: build_report(content, uids, _previous_sr(run.claim, uids.sop_uid)))
+    kind = ExportKind.ANALYSED if run.state == StudyState.DONE else ExportKind.NOT_ANALYSED
+    run.outputs = [Output(path, sr, kind)]
+    if rt.settings.heatmaps and run.predictions:
+        _add_heatmaps(rt, run, headers)
+
+
+def _add_heatmaps(rt: Runtime, run: StudyRun, headers: dict[str, Dataset]) -> None:
+    """A Grad-CAM Secondary Capture per classified image. A heatmap is an extra: failing to make
+    one is logged and never costs the study its result."""
+    from cxrtriage.models.gradcam import overlay
+
     classifier = rt.classifier
-    manifest = classifier.manifest
+    model = classifier.manifest.model_info()
+    classified = [(ref, item) for ref, item in run.items
+                  if ref.instance_id in run.predictions and ref.sop_instance_uid in headers]
+    for number, (ref, item) in enumerate(classified, start=1):
+        header, image = headers[ref.sop_instance_uid], item.image
+        if image is None:
+            continue
+        series_uid, sop_uid = heatmap_uids(ref.sop_instance_uid, run.claim.study_uid, model, ref.sha256)
+        build = partial(lambda h, i, n, sha: build_heatmap(h, overlay(classifier, i), model, n, sha),
+                        header, image, number, ref.sha256)
+        try:
+            path, sc = _stored_or_built(rt, run.claim.study_uid, series_uid, sop_uid, build)
+        except Exception as exc:
+            logger.warning("heatmap not written", extra={"sop_instance_uid": ref.sop_instance_uid,
+                                                         "error": type(exc).__name__})
+            continue
+        run.outputs.append(Output(path, sc, ExportKind.HEATMAP))
+
+
+def _instance_outcome(run: StudyRun, ref: InstanceRef, item: Examined) -> tuple[InstanceState, str]:
+    if ref.instance_id in run.predictions:
+        return InstanceState.CLASSIFIED, "; ".join(item.warnings)
+    if item.skipped:
+        return InstanceState.SKIPPED, item.skipped.text
+    if item.failed:
+        return InstanceState.FAILED, item.failed.text
+    return InstanceState.STORED, ""
+
+
+def record(rt: Runtime, run: StudyRun) -> None:
+    """One transaction: the study's outcome, its images' states, the predictions and the exports.
+    Recorded only if this claim still holds and no image arrived meanwhile."""
+    claim = run.claim
+    state = run.state or StudyState.FAILED
+    flagged = any(p.flagged for p in run.predictions.values()) if run.predictions else None
     with rt.db.session() as session:
-        study = claim_study(session, study_uid, rt.settings.processing_lease_seconds)
-        if study is None:
-            return None
-        study_id, revision, attempt = study.id, int(study.claimed_revision or 0), study.attempts
-        rows = [(i.id, i.sop_instance_uid, i.path) for i in study_instances(session, study_id)]
-        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
-    logger.info("processing study", extra={"study_uid": study_uid, "instances": len(rows),
-                                           "attempt": attempt})
-    with LeaseKeeper(rt, study_id, attempt):
-        items = [examine(iid, uid, path, manifest) for iid, uid, path in rows]
-        accepted = [i for i in items if i.image is not None]
-        predictions: dict[int, Prediction] = {}
-        if accepted:
-            images = np.stack([i.image for i in accepted if i.image is not None])
-            preds = classifier.predict([i.sop_uid for i in accepted], images)
-            for item, pred in zip(accepted, preds, strict=True):
-                predictions[item.instance_id] = pred
-                item.state = InstanceState.CLASSIFIED
-        state, reason = _study_outcome(items)
-        flagged = any(p.flagged for p in predictions.values()) if predictions else None
-        report = StudyReport(model=manifest.model_info(), flag_label=manifest.flag_label,
-                             threshold=manifest.threshold, predictions=list(predictions.values()),
-                             sources=[i.header for i in items if i.header is not None],
-                             flagged=bool(flagged), not_analysed_reason=reason,
-                             warnings={i.sop_uid: i.warnings for i in accepted if i.warnings})
-        sr_path, sr = _write_sr(rt, study_id, report)
-        heatmaps = _write_heatmaps(rt, classifier, accepted) if rt.settings.heatmaps else []
-    with rt.db.session() as session:
-        if not finish_study(session, study_id, revision, attempt, state, reason, flagged,
-                            model_version_id):
+        if not finish_study(session, claim.study_id, claim.revision, claim.attempt, state, run.reason,
+                            flagged, run.model_version_id):
             logger.info("study changed during processing (new instances or a lost lease); "
-                        "result not recorded", extra={"study_uid": study_uid, "attempt": attempt})
-            return None
-        for item in items:
-            row = session.get(Instance, item.instance_id)
+                        "result not recorded", extra={"study_uid": claim.study_uid,
+                                                      "attempt": claim.attempt})
+            run.state = None
+            return
+        for ref, item in run.items:
+            row = session.get(Instance, ref.instance_id)
             if row is not None:
-                row.state, row.reason = item.state, item.reason or "; ".join(item.warnings)
-        save_predictions(session, model_version_id, predictions, PREPROCESSING_VERSION,
-                         {i.instance_id: i.warnings for i in items if i.warnings})
-        update_series_states(session, study_id)
-        export = record_export(
-            session, study_id=study_id, model_version_id=model_version_id,
-            series_uid=str(sr.SeriesInstanceUID), sop_uid=str(sr.SOPInstanceUID),
-            supersedes_uid=_supersedes(sr),
-            kind="analysed" if state == StudyState.DONE else "not_analysed", path=sr_path,
-            destination=rt.settings.sr_destination)
-        export_id = export.id
-        for path, ds in heatmaps:
-            record_export(session, study_id=study_id, model_version_id=model_version_id,
-                          series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
-                          supersedes_uid=None, kind=HEATMAP_KIND, path=path,
-                          destination=rt.settings.sr_destination)
+                row.state, row.reason = _instance_outcome(run, ref, item)
+        warnings = {ref.instance_id: item.warnings for ref, item in run.items if item.warnings}
+        save_predictions(session, run.model_version_id, run.predictions, PREPROCESSING_VERSION, warnings)
+        update_series_states(session, claim.study_id)
+        for output in run.outputs:
+            sop_uid = str(output.dataset.SOPInstanceUID)
+            supersedes = claim.previous_sr_uid if output.kind != ExportKind.HEATMAP else None
+            record_export(session, study_id=claim.study_id, model_version_id=run.model_version_id,
+                          series_uid=str(output.dataset.SeriesInstanceUID), sop_uid=sop_uid,
+                          supersedes_uid=supersedes if supersedes != sop_uid else None,
+                          kind=output.kind, path=output.path, destination=rt.settings.sr_destination)
+
+
+Step = Callable[[Runtime, StudyRun], None]
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("read and gate", read_and_gate),
+    ("preprocess", preprocess),
+    ("classify", classify),
+    ("report", report),
+    ("record", record),
+)
+
+
+def _reason_for(step: str, exc: Exception) -> Reason:
+    if isinstance(exc, InvalidInputError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return Reason.STORAGE_ERROR
+    return {"classify": Reason.MODEL_ERROR, "report": Reason.REPORT_ERROR}.get(step, Reason.INTERNAL_ERROR)
+
+
+def run_steps(rt: Runtime, run: StudyRun) -> StudyState | None:
+    """The steps in order inside the error boundary. Returns the recorded state, or None when
+    the result was not recorded (the study changed meanwhile)."""
+    for name, step in STEPS:
+        try:
+            step(rt, run)
+        except Exception as exc:
+            logger.error("pipeline step failed; reporting not analysed",
+                         extra={"study_uid": run.claim.study_uid, "step": name,
+                                "error": type(exc).__name__, "attempt": run.claim.attempt})
+            run.fail(_reason_for(name, exc), minimal_headers=name == "report")
+            try:
+                report(rt, run)
+                record(rt, run)
+            except Exception:
+                with rt.db.session() as session:
+                    release_claim(session, run.claim.study_id, run.claim.attempt)
+                raise
+            break
+    return run.state
+
+
+def process_study(rt: Runtime, study_uid: str) -> StudyState | None:
+    """Process a queued study once. Returns the final state, or None when there was nothing to
+    do (another worker has it, it is no longer queued, or it changed while being read)."""
+    manifest = rt.classifier.manifest
+    with rt.db.session() as session:
+        claim = claim_study(session, study_uid, rt.settings.processing_lease_seconds,
+                            rt.settings.study_max_attempts)
+        if claim is None:
+            return None
+        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
+    logger.info("processing study", extra={"study_uid": study_uid, "instances": len(claim.instances),
+                                           "attempt": claim.attempt})
+    run = StudyRun(claim, model_version_id)
+    if claim.exhausted:
+        run.reason = Reason.ATTEMPTS_EXHAUSTED
+    with LeaseKeeper(rt, claim.study_id, claim.attempt):
+        state = run_steps(rt, run)
     logger.info("study finished", extra={"study_uid": study_uid, "state": state,
-                                         "flagged": flagged, "export_id": export_id})
+                                         "reason": run.reason or ""})
     return state
 
 
@@ -204,38 +363,3 @@ class LeaseKeeper:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def _supersedes(sr: Dataset) -> str | None:
-    if "PredecessorDocumentsSequence" not in sr:
-        return None
-    series = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
-    return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-
-
-def _write_heatmaps(rt: Runtime, classifier: Classifier,
-                    accepted: list[Examined]) -> list[tuple[str, Dataset]]:
-    """A Grad-CAM Secondary Capture per classified image, stored beside the study's images."""
-    written = []
-    for number, item in enumerate(accepted, start=1):
-        if item.header is None or item.image is None:
-            continue
-        sc = build_heatmap(item.header, overlay(classifier, item.image), classifier.manifest.model_info(),
-                           number)
-        buffer = BytesIO()
-        sc.save_as(buffer, enforce_file_format=True)
-        path = rt.store.store(str(sc.StudyInstanceUID), str(sc.SeriesInstanceUID),
-                              str(sc.SOPInstanceUID), [buffer.getvalue()])
-        written.append((str(path), sc))
-    return written
-
-
-def _write_sr(rt: Runtime, study_id: int, report: StudyReport) -> tuple[str, Dataset]:
-    study_uid = str(report.sources[0].StudyInstanceUID)
-    _, sop_uid = report_uids(study_uid, [str(s.SOPInstanceUID) for s in report.sources], report.model)
-    previous = _previous_sr(rt, study_id, sop_uid)
-    sr = build_report(report, previous)
-    buffer = BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
-    path = rt.store.store(study_uid, str(sr.SeriesInstanceUID), str(sr.SOPInstanceUID), [buffer.getvalue()])
-    return str(path), sr

@@ -9,7 +9,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cxrtriage.db import ingest
 from cxrtriage.db.session import Database
-from cxrtriage.dicom.receiver import Rejection, StoredInstance
+from cxrtriage.domain import RefusedInstance, StoredInstance
+from cxrtriage.errors import InstanceConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +27,24 @@ class DatabaseIndex:
         with self.db.session() as session:
             ingest.close_association(session, association_id)
 
+    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
+        with self.db.session() as session:
+            return ingest.conflicts(session, study_uid, sop_instance_uid, patient_id)
+
     def instance_stored(self, stored: StoredInstance) -> None:
         # Two associations creating the same study at once collide on its unique UID; retry.
         for attempt in range(5):
             try:
                 with self.db.session() as session:
-                    ingest.index_instance(
-                        session, association_id=stored.association_id, study_uid=stored.study_uid,
-                        series_uid=stored.series_uid, sop_instance_uid=stored.sop_instance_uid,
-                        sop_class_uid=stored.sop_class_uid, modality=stored.modality,
-                        transfer_syntax=stored.transfer_syntax, path=stored.path,
-                        size_bytes=stored.size_bytes)
+                    ingest.index_instance(session, stored)
                 return
+            except InstanceConflictError:
+                raise
             except (IntegrityError, OperationalError):
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def instance_rejected(self, rejection: Rejection) -> None:
+    def instance_rejected(self, refused: RefusedInstance) -> None:
         with self.db.session() as session:
-            ingest.record_rejection(session, association_id=rejection.association_id,
-                                    calling_ae=rejection.calling_ae, status=rejection.status,
-                                    reason=rejection.reason,
-                                    sop_instance_uid=rejection.sop_instance_uid,
-                                    quarantine_path=rejection.quarantine_path)
+            ingest.record_rejection(session, refused)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cxrtriage.config import Settings
 from cxrtriage.db.session import Database
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.errors import ConfigError
-from cxrtriage.models.inference import Classifier
+
+if TYPE_CHECKING:  # torch is loaded only by processes that classify, never by the receiver
+    from cxrtriage.models.inference import Classifier
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Runtime:
         """Loaded once per worker process, on first use, on the device chosen once."""
         with self._lock:
             if self._classifier is None:
+                from cxrtriage.models.inference import Classifier
+
                 self._classifier = Classifier(self.settings.model)
             return self._classifier
 

@@ -12,33 +12,17 @@ import threading
 from dataclasses import asdict
 from datetime import date, datetime
 
-from sqlalchemy import update
-
 from cxrtriage.config import Settings
-from cxrtriage.db.models import Study
 from cxrtriage.db.results import due_exports, register_model
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import mark_for_reprocessing, queue_quiet_studies, requeue_abandoned
-from cxrtriage.domain import StudyState
-from cxrtriage.models.package import read_manifest
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
 
 logger = logging.getLogger(__name__)
-MAX_STUDY_ATTEMPTS = 3
-
-
-def fail_exhausted(db: Database) -> None:
-    """A study whose worker died MAX_STUDY_ATTEMPTS times is failed, not retried for ever."""
-    with db.session() as session:
-        session.execute(update(Study).where(Study.state == StudyState.QUEUED,
-                                            Study.attempts >= MAX_STUDY_ATTEMPTS)
-                        .values(state=StudyState.FAILED,
-                                reason=f"processing stopped {MAX_STUDY_ATTEMPTS} times without finishing"))
 
 
 def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
     """One pass; returns what it dispatched."""
-    fail_exhausted(db)
     with db.session() as session:
         studies = queue_quiet_studies(session, settings.study_quiet_seconds)
         studies += requeue_abandoned(session, settings.processing_lease_seconds)
@@ -52,6 +36,8 @@ def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
 
 def reprocess_for_current_model(db: Database, settings: Settings) -> list[str]:
     """Queue every finished study not yet read by the configured model."""
+    from cxrtriage.models.package import read_manifest  # torch: only when reprocessing
+
     manifest = read_manifest(settings.model)
     with db.session() as session:
         model_id = register_model(session, manifest.model_info(), asdict(manifest))
