@@ -66,7 +66,7 @@ REASON_TEXT = {
     Reason.NOT_CHEST: "body part is not chest",
     Reason.NOT_FRONTAL: "not a frontal (PA/AP) view",
     Reason.NO_FRONTAL_CHEST_IMAGE: "no frontal chest radiograph in the study",
-    Reason.UNREADABLE_FILE: "stored file cannot be read as DICOM",
+    Reason.UNREADABLE_FILE: "file cannot be read as DICOM",
     Reason.UNSUPPORTED_PIXELS: "pixel data attributes are not supported",
     Reason.UNDECODABLE_PIXELS: "pixel data cannot be decoded",
     Reason.NO_IMAGE_ANALYSABLE: "no image of the study could be analysed",

@@ -88,7 +88,7 @@ def test_heatmap_secondary_capture_is_valid(tmp_path, study, tiny_package):
     from cxrtriage.models.model_input import fit_to_square
 
     classifier = Classifier(tiny_package)
-    image = fit_to_square(dataset_to_gray(study[0]), classifier.input_size)
+    image = fit_to_square(dataset_to_gray(radiograph()), classifier.input_size)
     sc = build_heatmap(study[0], overlay(classifier, image), MODEL, 1)
     assert sc.StudyInstanceUID == study[0].StudyInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == study[0].SOPInstanceUID

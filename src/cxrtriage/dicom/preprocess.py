@@ -111,8 +111,8 @@ def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 def dataset_to_gray(ds: Dataset) -> np.ndarray:
     """A displayable single-channel float32 image in [0, 1], bright = dense (MONOCHROME2 sense).
     Any inconsistency in the pixel attributes is an InvalidInputError, never a crash."""
-    check_pixel_contract(ds)
     try:
+        check_pixel_contract(ds)
         return _dataset_to_gray(ds)
     except InvalidInputError:
         raise

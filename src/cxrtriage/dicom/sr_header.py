@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import validate_value
 
 from cxrtriage.dicom.uids import require_uid
 
@@ -28,6 +26,20 @@ OPTIONAL = {"PatientAge": "AS", "StudyDescription": "LO"}
 _TIME = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
 _AGE = re.compile(r"^\d{3}[DWMY]$")
 _SEX = {"M", "F", "O"}
+_MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16}
+_CS = re.compile(r"^[A-Z0-9 _]*$")
+
+
+def _valid_text(vr: str, text: str) -> bool:
+    """Length and character rules of PS3.5 6.2, checked here rather than by pydicom, whose
+    validation warnings quote the value (patient data) into the log."""
+    if "\\" in text or any(ord(c) < 32 and c != "\x1b" for c in text):
+        return False
+    if vr == "PN":
+        return all(len(group) <= 64 for group in text.split("="))
+    if vr == "CS" and not _CS.match(text):
+        return False
+    return len(text) <= _MAX_LENGTH.get(vr, 64)
 
 
 def _valid(vr: str, value: object) -> bool:
@@ -44,11 +56,7 @@ def _valid(vr: str, value: object) -> bool:
         return bool(_TIME.match(text))
     if vr == "AS":
         return bool(_AGE.match(text))
-    try:
-        validate_value(vr, value, pydicom_config.RAISE)
-    except (ValueError, TypeError):
-        return False
-    return True
+    return _valid_text(vr, text)
 
 
 def _clean_value(name: str, vr: str, source: Dataset) -> object | None:

@@ -33,6 +33,7 @@ class Examined:
     image: np.ndarray | None = None
     skipped: Reason | None = None
     failed: Reason | None = None
+    detail: str = ""  # the error's own message, for `predict` (never patient data)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -71,7 +72,7 @@ def prepare(item: Examined, input_size: int) -> None:
     try:
         item.image = fit_to_square(dataset_to_gray(item.header), input_size)
     except InvalidInputError as exc:
-        item.failed = exc.reason
+        item.failed, item.detail = exc.reason, str(exc)
 
 
 def examine_dataset(ds: Dataset, manifest: Manifest, enforce_gate: bool = True) -> Examined:
@@ -90,5 +91,5 @@ def examine_file(path: str | Path, manifest: Manifest, enforce_gate: bool = True
             return Examined(image=fit_to_square(image_file_to_gray(path), manifest.input_size))
         ds = read_dataset(path)
     except InvalidInputError as exc:
-        return Examined(failed=exc.reason)
+        return Examined(failed=exc.reason, detail=str(exc))
     return examine_dataset(ds, manifest, enforce_gate)

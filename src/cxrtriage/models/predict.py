@@ -33,7 +33,7 @@ def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> l
         item = examine_file(path, manifest, enforce_gate=False)
         if item.image is None:
             failed = item.failed or Reason.UNREADABLE_FILE
-            rows.append({**row, "error": failed.value, "note": failed.text})
+            rows.append({**row, "error": item.detail or failed.text, "note": failed.text})
             continue
         image = item.image
         notes = [f"gate would skip: {item.skipped.text}"] if item.skipped else []
