@@ -9,6 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from cxrtriage.dicom.contexts import CR, CT, DX_PRESENTATION
+from cxrtriage.domain import Reason
 from tests.factory import radiograph, write_study
 from tests.peers import echoscu, encode_dataset, send_raw, storescu
 from tests.servers import wait_for
@@ -73,9 +74,10 @@ def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_fa
         return mine if len(mine) == 2 and all(r["state"] == "skipped" for r in mine) else []
 
     rows = {r["study_uid"]: r for r in wait_for(skipped, 60, "CT and lateral to be skipped")}  # type: ignore[union-attr]
-    assert "modality CT is not a chest radiograph" in rows[ct.StudyInstanceUID]["reason"]
-    assert "lateral view" in rows[lateral.StudyInstanceUID]["reason"]
-    assert all(r["sr_uid"] for r in rows.values()), "a skipped study still gets an SR saying why"
+    assert rows[ct.StudyInstanceUID]["reason_code"] == Reason.NOT_RADIOGRAPH
+    assert rows[ct.StudyInstanceUID]["sr_uid"] is None, "a CT study routed here gets no SR by default"
+    assert rows[lateral.StudyInstanceUID]["reason_code"] == Reason.NO_FRONTAL_CHEST_IMAGE
+    assert rows[lateral.StudyInstanceUID]["sr_uid"], "a skipped radiograph study still gets an SR saying why"
 
     def adult_done() -> dict | None:
         rows = json.loads(service.cli("studies", "--json"))["studies"]
@@ -90,7 +92,7 @@ def test_bad_input_is_refused_or_skipped_with_reasons(tmp_path: Path, service_fa
     for reason in ("dataset has no PixelData", "is not a valid DICOM UID", "pixel data is",
                    "exceeds the limit of 268435456", "differs from the C-STORE request",
                    f"exceeds the limit of {SIZE_LIMIT}",
-                   "modality CT is not a chest radiograph", "lateral view"):
+                   Reason.NOT_RADIOGRAPH.text, Reason.NO_FRONTAL_CHEST_IMAGE.text):
         assert reason in table, f"`cxrtriage studies` does not show: {reason}"
     refused = json.loads(service.cli("studies", "--json"))["rejections"]
     assert len(refused) == len(statuses)

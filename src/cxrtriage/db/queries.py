@@ -28,7 +28,8 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         reasons = sorted({i.reason for i in instances if i.reason and i.state != "classified"})
         rows.append({
             "study_uid": study.study_uid, "state": study.state,
-            "reason": study.reason or "; ".join(reasons), "flagged": study.flagged,
+            "reason": study.reason or "; ".join(reasons), "reason_code": study.reason_code,
+            "flagged": study.flagged,
             "max_probability": max(flag_probs) if flag_probs else None,
             "instances": len(instances),
             "instance_states": {i.sop_instance_uid: {"state": i.state, "reason": i.reason}
