@@ -75,7 +75,7 @@ REASON_TEXT = {
     Reason.INTERNAL_ERROR: "internal error while processing",
     Reason.STORAGE_ERROR: "storage could not be read or written",
     Reason.MODEL_ERROR: "the model could not classify the images",
-    Reason.REPORT_ERROR: "the report could not be built from the study's headers",
+    Reason.REPORT_ERROR: "the report could not be built from the headers",
 }
 
 

@@ -51,3 +51,4 @@ def test_gate(ds, reason, text):
 def test_reasons_have_fixed_text_without_file_values():
     for reason in Reason:
         assert reason.text and "{" not in reason.text
+        assert len(f"Not analysed: {reason.text}") <= 64  # an SR code meaning (LO)

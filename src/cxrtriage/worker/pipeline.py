@@ -95,7 +95,7 @@ def read_and_gate(rt: Runtime, run: StudyRun) -> None:
             run.items.append((ref, Examined(failed=exc.reason)))
             continue
         run.items.append((ref, gate(ds, manifest)))
-    if len({str(h.get("PatientID", "")) for _, h in run.headers}) > 1:
+    if run.reason is None and len({str(h.get("PatientID", "")) for _, h in run.headers}) > 1:
         run.reason = Reason.PATIENT_IDENTITY_INCONSISTENT
 
 
@@ -305,6 +305,9 @@ def run_steps(rt: Runtime, run: StudyRun) -> StudyState | None:
                                 "error": type(exc).__name__, "attempt": run.claim.attempt})
             run.fail(_reason_for(name, exc), minimal_headers=name == "report")
             try:
+                if name == "read and gate":  # the SR still needs the headers: read just those
+                    run.items = []
+                    read_and_gate(rt, run)
                 report(rt, run)
                 record(rt, run)
             except Exception:
