@@ -32,7 +32,8 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
             "flagged": study.flagged,
             "max_probability": max(flag_probs) if flag_probs else None,
             "instances": len(instances),
-            "instance_states": {i.sop_instance_uid: {"state": i.state, "reason": i.reason}
+            "instance_states": {i.sop_instance_uid: {"state": i.state, "reason": i.reason,
+                                                     "transfer_syntax": i.transfer_syntax}
                                 for i in instances},
             "image_results": {uid_by_id[r.instance_id]: {
                 "probability": r.probabilities.get(r.flag_label), "probabilities": r.probabilities,
