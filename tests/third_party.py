@@ -65,7 +65,8 @@ def _entry(name: str, source: str, path: Path, sender: str = "dcmsend") -> Corpu
 
 
 def _fresh_uids(ds: Dataset) -> Dataset:
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 
