@@ -18,6 +18,22 @@ from cxrtriage.logs import configure_logging
 logger = logging.getLogger("cxrtriage.cli")
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
@@ -124,8 +140,6 @@ def cmd_studies(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"studies": studies, "rejections": rejections}, indent=2, default=str))
         return 0
-    from cxrtriage.tables import format_table
-
     print(format_table(studies, ["study_uid", "state", "flagged", "max_probability", "instances",
                                  "sr_state", "reason"]))
     if rejections:
@@ -144,8 +158,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        from cxrtriage.tables import format_table
-
         print(format_table(rows, ["path", "label", "probability", "flagged", "note"]))
     return 0
 

@@ -62,3 +62,12 @@ def test_evaluate_writes_report_and_plots(tmp_path, tiny_package, fmt):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_images"] == 16 and metrics["n_positive"] == 8
     assert metrics["auroc_95ci"][0] <= metrics["auroc"] <= metrics["auroc_95ci"][1]
+
+
+def test_the_receiver_process_does_not_load_torch():
+    """The receiver only validates, stores and indexes: it must not pay for torch."""
+    code = ("import sys, cxrtriage.cli as cli, cxrtriage.dicom.receiver, cxrtriage.worker.receiving, "
+            "cxrtriage.worker.scheduler, cxrtriage.worker.app, cxrtriage.dicom.tls; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

@@ -21,10 +21,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         return {}
     queue = Path(settings.broker_dir).resolve() / "queue"
     processed = Path(settings.broker_dir).resolve() / "processed"
-    for folder in (queue, processed):
+    control = Path(settings.broker_dir).resolve() / "control"  # not the working directory
+    for folder in (queue, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
     return {"data_folder_in": str(queue), "data_folder_out": str(queue),
-            "processed_folder": str(processed), "store_processed": False}
+            "processed_folder": str(processed), "control_folder": str(control),
+            "store_processed": False}
 
 
 def configure_app(settings: Settings) -> Celery:
