@@ -6,9 +6,9 @@ Sources:
   kept exactly as written;
 - dcmtk conversions: `img2dcm` of a training JPEG, then `dcmdjpeg`, `dcmcjpeg`, `dcmcjpls`, `dcmcrle`;
 - GDCM conversions (`gdcmconv`) of the same image;
-- anonymised variants of a dcmtk-written radiograph, as real research exports are: type 2
-  attributes left out, type 3 attributes dropped, malformed dates, ages and names, and one file
-  with no file meta at all.
+- anonymised variants of a radiograph, as real research exports are: type 2 attributes left
+  out, type 3 attributes dropped, malformed dates, ages and names, and one file with no file meta;
+- a JPEG-LS file whose codestream is damaged, which parses but cannot be decoded.
 Each entry records how a real sender should send it.
 """
 
@@ -40,7 +40,7 @@ SAMPLE = REPO / "samples/pneumonia-1.dcm"  # an 8-bit MONOCHROME2 DX radiograph
 @dataclass(frozen=True)
 class CorpusFile:
     name: str
-    source: str  # pydicom, dcmtk, gdcm, anonymised
+    source: str  # pydicom, dcmtk, gdcm, anonymised, damaged
     path: Path
     sop_class: str
     transfer_syntax: str  # "" when the file has no file meta
@@ -177,8 +177,21 @@ def anonymised_files(out: Path, source: Path) -> list[CorpusFile]:
     return entries
 
 
+def damaged_files(out: Path, compressed: Path) -> list[CorpusFile]:
+    """A dcmtk-compressed file whose codestream was damaged in storage: it parses, and only the
+    decoder finds out."""
+    data = bytearray(compressed.read_bytes())
+    start = data.rindex(b"\xff\xd8")  # the last fragment's start-of-image marker
+    data[start:start + 64] = bytes(64)  # the codestream header is gone
+    target = out / "damaged-jpegls.dcm"
+    target.write_bytes(bytes(data))
+    _retag(target)
+    return [_entry("damaged JPEG-LS codestream", "damaged", target)]
+
+
 def build_corpus(out: Path) -> list[CorpusFile]:
     out.mkdir(parents=True, exist_ok=True)
     dcmtk = dcmtk_files(out)
     gray = out / "gray.dcm"
-    return pydicom_files(out) + dcmtk + gdcm_files(out, gray) + anonymised_files(out, gray)
+    return (pydicom_files(out) + dcmtk + gdcm_files(out, gray) + anonymised_files(out, gray)
+            + damaged_files(out, out / "dcmtk-dcmcjpls-lossless.dcm"))
