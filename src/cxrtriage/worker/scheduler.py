@@ -15,13 +15,15 @@ from datetime import date, datetime
 from sqlalchemy import update
 
 from cxrtriage.config import Settings
+from cxrtriage.db.exports import due_exports
 from cxrtriage.db.models import Study
-from cxrtriage.db.results import due_exports, register_model
+from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import mark_for_reprocessing, queue_quiet_studies, requeue_abandoned
 from cxrtriage.domain import StudyState
 from cxrtriage.models.package import read_manifest
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
+from cxrtriage.worker.export import dispatch_hold_seconds
 
 logger = logging.getLogger(__name__)
 MAX_STUDY_ATTEMPTS = 3
@@ -42,7 +44,7 @@ def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
     with db.session() as session:
         studies = queue_quiet_studies(session, settings.study_quiet_seconds)
         studies += requeue_abandoned(session, settings.processing_lease_seconds)
-        exports = due_exports(session, hold_seconds=120.0)
+        exports = due_exports(session, hold_seconds=dispatch_hold_seconds(settings))
     for uid in studies:
         enqueue_study(uid)
     for export_id in exports:
