@@ -37,33 +37,53 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
+def receiver_identity(settings: Settings) -> str:
+    """Whose association rows these are: the same on every restart of this receiver, distinct
+    between receivers on several hosts sharing one database."""
+    import socket
+
+    return settings.receiver_id or f"{socket.gethostname()}:{settings.port}"
+
+
 def cmd_receiver(args: argparse.Namespace) -> int:
     from cxrtriage.db.ingest import close_stale_associations
     from cxrtriage.db.session import Database, upgrade
     from cxrtriage.dicom.receiver import AccessPolicy, Receiver, ReceiverLimits
-    from cxrtriage.dicom.storage import InstanceStore
+    from cxrtriage.dicom.storage import InstanceStore, Watermark
     from cxrtriage.dicom.tls import server_context
     from cxrtriage.worker.app import configure_app
     from cxrtriage.worker.receiving import DatabaseIndex
     from cxrtriage.worker.scheduler import run_scheduler
 
     settings = _settings(args)
+    tls = None
+    if settings.tls_certificate and settings.tls_key and settings.tls_ca:
+        tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
+    elif settings.environment == "production":
+        if settings.tls_required:
+            raise ConfigError("production refuses to listen without DICOM TLS: set "
+                              "CXRTRIAGE_TLS_CERTIFICATE, CXRTRIAGE_TLS_KEY and CXRTRIAGE_TLS_CA, or "
+                              "CXRTRIAGE_TLS_REQUIRED=false to accept unencrypted DICOM")
+        logger.warning("DICOM TLS is off in production (CXRTRIAGE_TLS_REQUIRED=false): patient data "
+                       "crosses the network unencrypted")
     upgrade(settings.database_url)
     configure_app(settings)
     db = Database(settings.database_url)
+    identity = receiver_identity(settings)
     with db.session() as session:
-        close_stale_associations(session)
+        closed = close_stale_associations(session, identity)
+    logger.info("receiver starting", extra={"receiver_id": identity, "stale_associations_closed": closed})
     limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
                             max_associations=settings.max_associations,
                             max_pdu_size=settings.max_pdu_size, acse_timeout=settings.acse_timeout,
                             dimse_timeout=settings.dimse_timeout,
-                            network_timeout=settings.network_timeout)
+                            network_timeout=settings.network_timeout,
+                            tls_handshake_timeout=settings.acse_timeout,
+                            heartbeat_seconds=settings.association_liveness_seconds / 4)
     access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers))
-    tls = None
-    if settings.tls_certificate and settings.tls_key and settings.tls_ca:
-        tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
-    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), DatabaseIndex(db),
-                        limits, access, tls)
+    watermark = Watermark(settings.min_free_bytes, settings.max_disk_used_percent)
+    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir),
+                        DatabaseIndex(db, identity), limits, access, tls, watermark)
     stop = _wait_for_signal()
     receiver.start(settings.host, settings.port)
     scheduler = None

@@ -16,6 +16,7 @@ from sqlalchemy import update
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_exports
+from cxrtriage.db.ingest import expire_associations
 from cxrtriage.db.models import Study
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
@@ -41,6 +42,11 @@ def fail_exhausted(db: Database) -> None:
 def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
     """One pass; returns what it dispatched."""
     fail_exhausted(db)
+    with db.session() as session:
+        expired = expire_associations(session, settings.association_liveness_seconds)
+    if expired:
+        logger.warning("associations expired: their receiver stopped vouching for them",
+                       extra={"associations": expired})
     with db.session() as session:
         studies = queue_quiet_studies(session, settings.study_quiet_seconds)
         studies += requeue_abandoned(session, settings.processing_lease_seconds)
