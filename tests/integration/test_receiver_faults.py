@@ -19,7 +19,7 @@ from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.receiver import OUT_OF_RESOURCES, SUCCESS, Receiver, ReceiverLimits
 from cxrtriage.dicom.storage import InstanceStore, Watermark
 from cxrtriage.worker.receiving import DatabaseIndex
-from tests.factory import radiograph, write_study
+from tests.factory import MALFORMED_SENTINELS, radiograph, write_study
 from tests.peers import storescu
 from tests.servers import LOOPBACK, free_port, wait_for
 
@@ -154,3 +154,15 @@ def test_stored_files_are_spooled_on_the_volume_and_not_world_readable(tmp_path,
     assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0, "a stored file is world-readable"
     assert stat.S_IMODE(path.parent.stat().st_mode) & 0o007 == 0
     assert list((tmp_path / "storage" / "spool").iterdir()) == [], "the spool kept a file"
+
+
+def test_malformed_patient_values_never_reach_the_receiver_log(service_factory, tmp_path):
+    service = service_factory({"CXRTRIAGE_LOG_LEVEL": "DEBUG"})
+    receiver = service.start("receiver", "receiver", "--no-scheduler")
+    wait_for(lambda: "receiver listening" in receiver.log(), 60, "the receiver", interval=0.3)
+    files = write_study(tmp_path / "malformed", [radiograph(**MALFORMED_SENTINELS)])
+    assert storescu(service.port, files).returncode == 0
+    wait_for(lambda: "instance stored" in receiver.log(), 30, "the instance to be stored")
+    service.stop()
+    service.check_logs()
+    assert "withheld from logs" in receiver.log(), "pydicom's validation warnings were not exercised"
