@@ -131,16 +131,24 @@ class InstanceStore:
         move_durably(spooled, path)
         return path
 
+    def clean_old_rejected(self, older_than_seconds: float) -> int:
+        """Retention for quarantined payloads."""
+        return _remove_older(self.root / "rejected", older_than_seconds)
+
     def clean_spool(self, older_than_seconds: float) -> int:
         """Remove spool files left by transfers that never finished (aborted, or a crash)."""
-        if not self.spool.is_dir():
-            return 0
-        cutoff, removed = time.time() - older_than_seconds, 0
-        for path in self.spool.iterdir():
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return _remove_older(self.spool, older_than_seconds)
+
+
+def _remove_older(folder: Path, older_than_seconds: float) -> int:
+    if not folder.is_dir():
+        return 0
+    cutoff, removed = time.time() - older_than_seconds, 0
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
