@@ -4,7 +4,11 @@ superseded SR before its successor, and re-sends recorded."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +144,27 @@ def test_superseded_sr_goes_first_and_resends_are_recorded(tmp_path):
         resends = session.scalars(select(SrExportAttempt.resend).where(
             SrExportAttempt.export_id == first).order_by(SrExportAttempt.id)).all()
     assert resends == [False, True]
+
+
+def test_exports_command_lists_by_state_and_retries(tmp_path):
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}", sr_retry_horizon_seconds=0.1)
+    export_id = _add_sr(rt, tmp_path)
+    assert _attempt_until(rt, export_id, {"failed"}, 200) == "failed"
+    env = {**os.environ, "CXRTRIAGE_DATABASE_URL": rt.settings.database_url,
+           "CXRTRIAGE_SR_DESTINATION": rt.settings.sr_destination}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "cxrtriage.cli", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    listed = json.loads(cli("exports", "--state", "failed", "--json"))
+    assert listed["counts"] == {"failed": 1}
+    [row] = listed["exports"]
+    assert row["id"] == export_id and "retry horizon" in row["last_error"]
+    assert "failed: 1" in cli("exports")
+    assert "1 exports queued" in cli("exports", "retry", "--state", "failed")
+    again = _row(rt, export_id)
+    assert (again.state, again.attempts) == ("pending", 0), "retry starts a fresh horizon"
+    assert json.loads(cli("exports", "--state", "failed", "--json"))["exports"] == []

@@ -202,6 +202,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._pynetdicom_defaults: tuple[bool, Any] | None = None
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = self.limits.max_associations
         self.ae.maximum_pdu_size = self.limits.max_pdu_size
@@ -239,6 +240,8 @@ class Receiver:
         """Receive C-STORE data sets into files under the storage root, not into memory."""
         make_dirs(self.store.spool, 0o700)
         self.store.clean_spool(older_than_seconds=4 * self.limits.network_timeout)
+        self._pynetdicom_defaults = (pynetdicom_config.STORE_RECV_CHUNKED_DATASET,
+                                     dimse_messages.NamedTemporaryFile)
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
             tempfile.NamedTemporaryFile, dir=str(self.store.spool), prefix="cstore-")
@@ -295,6 +298,11 @@ class Receiver:
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=10)
         self.beat()  # record what closed during shutdown
+        if self._pynetdicom_defaults is not None:  # process-wide settings, as they were
+            chunked, factory = self._pynetdicom_defaults
+            pynetdicom_config.STORE_RECV_CHUNKED_DATASET = chunked
+            dimse_messages.NamedTemporaryFile = factory  # type: ignore[misc]
+            self._pynetdicom_defaults = None
 
     def association_id(self, assoc: Any) -> str:
         with self._lock:
