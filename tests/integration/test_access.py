@@ -110,6 +110,32 @@ def test_idle_tls_connection_blocks_no_one(service_factory, pki):
             sock.close()
 
 
+def test_idle_timeout_and_association_limit_hold_with_tls(service_factory, pki):
+    service = service_factory({"CXRTRIAGE_TLS_CERTIFICATE": str(pki["server"]),
+                               "CXRTRIAGE_TLS_KEY": str(pki["server_key"]),
+                               "CXRTRIAGE_TLS_CA": str(pki["ca"]), "CXRTRIAGE_ACSE_TIMEOUT": "2",
+                               "CXRTRIAGE_NETWORK_TIMEOUT": "2", "CXRTRIAGE_MAX_ASSOCIATIONS": "1"})
+    service.start("receiver", "receiver")
+    good = client_context(pki["client"], pki["client_key"], pki["ca"])
+    wait_for(lambda: _echo_from(service.port, "MODALITY", tls=good), 60, "TLS echo", interval=0.5)
+    # A client that completes its handshake, then sends nothing, is dropped.
+    idle = good.wrap_socket(socket.create_connection((LOOPBACK, service.port)), server_hostname=LOOPBACK)
+    idle.settimeout(15)
+    start = time.monotonic()
+    assert idle.recv(1024) == b"", "the idle TLS client was not dropped"
+    assert time.monotonic() - start < 10
+    idle.close()
+    # With one association held open, a second is refused.
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    held = ae.associate(LOOPBACK, service.port, ae_title="CXRTRIAGE", tls_args=(good, LOOPBACK))
+    try:
+        assert held.is_established
+        assert not _echo_from(service.port, "MODALITY", tls=good), "the association limit did not hold"
+    finally:
+        held.release()
+
+
 def test_production_refuses_to_listen_without_tls_unless_told(service_factory, tmp_path):
     env = {"CXRTRIAGE_ENVIRONMENT": "production",
            "CXRTRIAGE_DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x",
