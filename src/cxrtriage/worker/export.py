@@ -43,10 +43,16 @@ def dispatch_hold_seconds(settings: Settings) -> float:
     return settings.sr_send_deadline_seconds + settings.sr_connect_timeout_seconds + CLAIM_SLACK_SECONDS
 
 
+def claim_seconds(settings: Settings) -> float:
+    """How long a worker's claim on an export lasts: one whole attempt, and shorter than the
+    dispatch hold, so a dead worker's export is free again when it is next dispatched."""
+    return settings.sr_send_deadline_seconds + settings.sr_connect_timeout_seconds + CLAIM_SLACK_SECONDS / 2
+
+
 def export_sr(rt: Runtime, export_id: int) -> str:
     settings = rt.settings
     with rt.db.session() as session:
-        attempt = claim_export(session, export_id, dispatch_hold_seconds(settings))
+        attempt = claim_export(session, export_id, claim_seconds(settings))
         if attempt is None:
             return "nothing to do"
         attempt_id = attempt.id
