@@ -20,7 +20,11 @@ SAMPLES = REPO / "samples"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SENTINELS = {"PatientName": "SENTINELNAME^LEAKCHECK", "PatientID": "SENTINELPID4711",
              "PatientBirthDate": "20210304", "AccessionNumber": "SENTINELACC42"}
-SENTINEL_STRINGS = ["SENTINELNAME", "LEAKCHECK", "SENTINELPID4711", "20210304", "SENTINELACC42"]
+# Malformed values are what libraries quote in their warnings: a bad date, an over-long name.
+MALFORMED_SENTINELS = {"PatientBirthDate": "SENTINELBADDATE",
+                       "PatientName": "SENTINELLONGNAME" + "^LEAKCHECK" * 8}
+SENTINEL_STRINGS = ["SENTINELNAME", "LEAKCHECK", "SENTINELPID4711", "20210304", "SENTINELACC42",
+                    "SENTINELBADDATE", "SENTINELLONGNAME"]
 
 
 def sample_pixels(name: str = "pneumonia-1") -> np.ndarray:

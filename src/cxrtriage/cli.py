@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.config import Settings, load_settings
-from cxrtriage.errors import CxrTriageError
+from cxrtriage.errors import ConfigError, CxrTriageError
 from cxrtriage.logs import configure_logging
 
 logger = logging.getLogger("cxrtriage.cli")
@@ -53,33 +53,53 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
+def receiver_identity(settings: Settings) -> str:
+    """Whose association rows these are: the same on every restart of this receiver, distinct
+    between receivers on several hosts sharing one database."""
+    import socket
+
+    return settings.receiver_id or f"{socket.gethostname()}:{settings.port}"
+
+
 def cmd_receiver(args: argparse.Namespace) -> int:
     from cxrtriage.db.ingest import close_stale_associations
     from cxrtriage.db.session import Database, upgrade
     from cxrtriage.dicom.receiver import AccessPolicy, Receiver, ReceiverLimits
-    from cxrtriage.dicom.storage import InstanceStore
+    from cxrtriage.dicom.storage import InstanceStore, Watermark
     from cxrtriage.dicom.tls import server_context
     from cxrtriage.worker.app import configure_app
     from cxrtriage.worker.receiving import DatabaseIndex
     from cxrtriage.worker.scheduler import run_scheduler
 
     settings = _settings(args)
+    tls = None
+    if settings.tls_certificate and settings.tls_key and settings.tls_ca:
+        tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
+    elif settings.environment == "production":
+        if settings.tls_required:
+            raise ConfigError("production refuses to listen without DICOM TLS: set "
+                              "CXRTRIAGE_TLS_CERTIFICATE, CXRTRIAGE_TLS_KEY and CXRTRIAGE_TLS_CA, or "
+                              "CXRTRIAGE_TLS_REQUIRED=false to accept unencrypted DICOM")
+        logger.warning("DICOM TLS is off in production (CXRTRIAGE_TLS_REQUIRED=false): patient data "
+                       "crosses the network unencrypted")
     upgrade(settings.database_url)
     configure_app(settings)
     db = Database(settings.database_url)
+    identity = receiver_identity(settings)
     with db.session() as session:
-        close_stale_associations(session)
+        closed = close_stale_associations(session, identity)
+    logger.info("receiver starting", extra={"receiver_id": identity, "stale_associations_closed": closed})
     limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
                             max_associations=settings.max_associations,
                             max_pdu_size=settings.max_pdu_size, acse_timeout=settings.acse_timeout,
                             dimse_timeout=settings.dimse_timeout,
-                            network_timeout=settings.network_timeout)
+                            network_timeout=settings.network_timeout,
+                            tls_handshake_timeout=settings.acse_timeout,
+                            heartbeat_seconds=settings.association_liveness_seconds / 4)
     access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers))
-    tls = None
-    if settings.tls_certificate and settings.tls_key and settings.tls_ca:
-        tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
-    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), DatabaseIndex(db),
-                        limits, access, tls)
+    watermark = Watermark(settings.min_free_bytes, settings.max_disk_used_percent)
+    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir),
+                        DatabaseIndex(db, identity), limits, access, tls, watermark)
     stop = _wait_for_signal()
     receiver.start(settings.host, settings.port)
     scheduler = None
@@ -104,12 +124,13 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from cxrtriage.worker.app import QUEUE, configure_app
+    from cxrtriage.worker.app import EXPORT_QUEUE, QUEUE, configure_app
 
     settings = _settings(args)
     app = configure_app(settings)
     concurrency = args.concurrency or settings.worker_concurrency
-    app.worker_main(["worker", f"--pool={args.pool}", f"--concurrency={concurrency}", "-Q", QUEUE,
+    queues = {"studies": QUEUE, "exports": EXPORT_QUEUE, "all": f"{QUEUE},{EXPORT_QUEUE}"}[args.queues]
+    app.worker_main(["worker", f"--pool={args.pool}", f"--concurrency={concurrency}", "-Q", queues,
                      "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"])
     return 0
 
@@ -124,7 +145,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
           f"(database {settings.database_url}, model {settings.model})", flush=True)
-    return supervise({"receiver": ["receiver"], "worker": ["worker", "--pool", "solo"]})
+    return supervise({"receiver": ["receiver"],
+                      "worker": ["worker", "--pool", "solo", "--queues", "studies"],
+                      "exporter": ["worker", "--pool", "threads", "--queues", "exports",
+                                   "--concurrency", str(settings.export_concurrency)]})
+
+
+def cmd_exports(args: argparse.Namespace) -> int:
+    from cxrtriage.db.exports import count_by_state, list_exports, retry_exports
+    from cxrtriage.db.session import Database, upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    if args.exports_command == "retry":
+        if not (args.study or args.state or args.all):
+            raise ConfigError("exports retry needs --study UID, --state STATE or --all")
+        with db.session() as session:
+            ids = retry_exports(session, destination=settings.sr_destination, study_uid=args.study,
+                                state=args.state, every=args.all)
+        print(f"{len(ids)} exports queued for sending (the scheduler dispatches them)")
+        return 0
+    with db.session() as session:
+        rows = list_exports(session, args.state, args.study, args.limit)
+        counts = count_by_state(session)
+    if args.json:
+        print(json.dumps({"counts": counts, "exports": rows}, indent=2, default=str))
+        return 0
+    from cxrtriage.tables import format_table
+
+    print(", ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "no exports")
+    print(format_table(rows, ["id", "study_uid", "kind", "state", "attempts", "sends",
+                              "next_attempt_at", "last_error"]))
+    return 0
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
@@ -229,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="solo", choices=["solo", "threads", "prefork"],
                    help="solo or threads on GPU nodes (never fork after CUDA starts)")
     p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--queues", default="all", choices=["all", "studies", "exports"],
+                   help="studies (classification), exports (SR sending) or all; run exports in "
+                        "their own worker so that a PACS outage never holds up classification")
     p = add("predict", cmd_predict, "classify DICOM, PNG or JPEG files or folders")
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="model package folder (default: CXRTRIAGE_MODEL)")
@@ -261,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="evaluation")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
     p.add_argument("--training-log", help="history.json of the training run, for curves")
+    p = add("exports", cmd_exports, "SR exports by state; `exports retry` sends them again")
+    p.add_argument("--state", choices=["pending", "sent", "failed", "not_configured"])
+    p.add_argument("--study", help="one study's exports (StudyInstanceUID)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(exports_command=None)
+    exsub = p.add_subparsers(dest="exports_command")
+    r = exsub.add_parser("retry", help="send exports again with a fresh retry horizon",
+                         description="send exports again with a fresh retry horizon; re-sending an "
+                                     "SR already delivered is harmless and recorded")
+    group = r.add_mutually_exclusive_group(required=True)
+    group.add_argument("--study", dest="study", help="every export of this StudyInstanceUID")
+    group.add_argument("--state", dest="state", choices=["pending", "sent", "failed", "not_configured"])
+    group.add_argument("--all", action="store_true", help="every export")
     add("reprocess", cmd_reprocess, "queue finished studies not yet read by the current model")
     return parser
 

@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     broker_dir: Path = Path("var/broker")
     sr_destination: str = ""
     sr_calling_ae: str = "CXRTRIAGE"
-    sr_max_attempts: int = Field(6, ge=1)
+    sr_max_attempts: int = Field(0, ge=0)  # 0: no attempt cap, the retry horizon alone decides
     sr_retry_base_seconds: float = Field(5.0, gt=0)
+    sr_retry_max_interval_seconds: float = Field(300.0, gt=0)  # backoff cap between attempts
+    sr_retry_horizon_seconds: float = Field(3 * 86400.0, gt=0)  # then the export is failed
+    sr_connect_timeout_seconds: float = Field(10.0, gt=0)  # TCP connect (and TLS handshake)
+    sr_send_deadline_seconds: float = Field(120.0, gt=0)  # one whole attempt, connect to release
     study_quiet_seconds: float = Field(10.0, ge=0)
     processing_lease_seconds: float = Field(300.0, gt=0)
     study_max_attempts: int = Field(3, ge=1)  # then the study gets a "not analysed" SR
@@ -72,6 +76,13 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None  # CA that signs allowed clients and the SR destination
     sr_tls: bool = False
+    tls_required: bool = True  # production: the receiver refuses to listen without TLS unless false
+    receiver_id: str = ""  # owner of this receiver's association rows; default host:port
+    association_liveness_seconds: float = Field(300.0, gt=0)  # rows of a dead receiver expire
+    min_free_bytes: int = Field(1024**3, ge=0)  # refuse new instances (0xA700) below this
+    max_disk_used_percent: float = Field(90.0, gt=0, le=100)  # ... or above this
+    retention_days: int = Field(0, ge=0)  # 0: keep image files for ever
+    export_concurrency: int = Field(4, ge=1)  # threads of the export worker in `serve`
     worker_concurrency: int = Field(1, ge=1)
     nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)
     log_format: Literal["json", "text"] = "json"

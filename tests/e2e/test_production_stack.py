@@ -38,7 +38,8 @@ def test_redis_postgres_two_workers(tmp_path: Path, service_factory, tiny_packag
         "CXRTRIAGE_ENVIRONMENT": "production", "CXRTRIAGE_DATABASE_URL": db_url,
         "CXRTRIAGE_BROKER_URL": f"redis://{LOOPBACK}:{redis_port}/0",
         "CXRTRIAGE_MODEL": str(tiny_package), "CXRTRIAGE_SR_DESTINATION": f"PACS@{LOOPBACK}:{scp_port}",
-        "CXRTRIAGE_ALLOWED_CALLING_AES": "DCMTKSCU,ECHOSCU", "CXRTRIAGE_ALLOWED_PEERS": "127.0.0.1/32"})
+        "CXRTRIAGE_ALLOWED_CALLING_AES": "DCMTKSCU,ECHOSCU", "CXRTRIAGE_ALLOWED_PEERS": "127.0.0.1/32",
+        "CXRTRIAGE_TLS_REQUIRED": "false"})
     service.procs += [redis, postgres, storescp]
     wait_for(lambda: port_open(scp_port), 30, "storescp")
     assert "latest revision" in service.cli("db", "upgrade")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from tests.tls_certs import make_ca, make_cert
 
 def _echo_from(port: int, calling: str, bind: str = LOOPBACK, tls: ssl.SSLContext | None = None) -> bool:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.network_timeout = 5
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
     ae.add_requested_context(Verification)
     assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE", bind_address=(bind, 0),
                          tls_args=(tls, "127.0.0.1") if tls else None)
@@ -87,6 +89,61 @@ def test_tls_receiver_admits_only_clients_of_its_ca(service_factory, pki):
     assert not _echo_from(service.port, "MODALITY", tls=no_cert), "a client without a certificate got in"
     rogue = client_context(pki["rogue"], pki["rogue_key"], pki["ca"])
     assert not _echo_from(service.port, "MODALITY", tls=rogue), "a certificate of another CA got in"
+
+
+def test_idle_tls_connection_blocks_no_one(service_factory, pki):
+    """One TCP connection that never starts its handshake must not stop a valid client: the
+    handshake runs in the connection's own thread, with a timeout."""
+    service = service_factory({"CXRTRIAGE_TLS_CERTIFICATE": str(pki["server"]),
+                               "CXRTRIAGE_TLS_KEY": str(pki["server_key"]),
+                               "CXRTRIAGE_TLS_CA": str(pki["ca"]), "CXRTRIAGE_ACSE_TIMEOUT": "20"})
+    service.start("receiver", "receiver")
+    good = client_context(pki["client"], pki["client_key"], pki["ca"])
+    wait_for(lambda: _echo_from(service.port, "MODALITY", tls=good), 60, "TLS echo", interval=0.5)
+    idle = [socket.create_connection((LOOPBACK, service.port)) for _ in range(3)]
+    try:
+        start = time.monotonic()
+        assert _echo_from(service.port, "MODALITY", tls=good), "an idle TLS connection blocked a client"
+        assert time.monotonic() - start < 5
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_idle_timeout_and_association_limit_hold_with_tls(service_factory, pki):
+    service = service_factory({"CXRTRIAGE_TLS_CERTIFICATE": str(pki["server"]),
+                               "CXRTRIAGE_TLS_KEY": str(pki["server_key"]),
+                               "CXRTRIAGE_TLS_CA": str(pki["ca"]), "CXRTRIAGE_ACSE_TIMEOUT": "2",
+                               "CXRTRIAGE_NETWORK_TIMEOUT": "2", "CXRTRIAGE_MAX_ASSOCIATIONS": "1"})
+    service.start("receiver", "receiver")
+    good = client_context(pki["client"], pki["client_key"], pki["ca"])
+    wait_for(lambda: _echo_from(service.port, "MODALITY", tls=good), 60, "TLS echo", interval=0.5)
+    # A client that completes its handshake, then sends nothing, is dropped.
+    idle = good.wrap_socket(socket.create_connection((LOOPBACK, service.port)), server_hostname=LOOPBACK)
+    idle.settimeout(15)
+    start = time.monotonic()
+    assert idle.recv(1024) == b"", "the idle TLS client was not dropped"
+    assert time.monotonic() - start < 10
+    idle.close()
+    # With one association held open, a second is refused.
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    held = ae.associate(LOOPBACK, service.port, ae_title="CXRTRIAGE", tls_args=(good, LOOPBACK))
+    try:
+        assert held.is_established
+        assert not _echo_from(service.port, "MODALITY", tls=good), "the association limit did not hold"
+    finally:
+        held.release()
+
+
+def test_production_refuses_to_listen_without_tls_unless_told(service_factory, tmp_path):
+    env = {"CXRTRIAGE_ENVIRONMENT": "production",
+           "CXRTRIAGE_DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x",
+           "CXRTRIAGE_BROKER_URL": "redis://127.0.0.1:1/0", "CXRTRIAGE_ALLOWED_CALLING_AES": "MOD",
+           "CXRTRIAGE_ALLOWED_PEERS": "127.0.0.1/32"}
+    result = subprocess.run([sys.executable, "-m", "cxrtriage.cli", "receiver"], cwd=tmp_path,
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "CXRTRIAGE_TLS_REQUIRED=false" in result.stderr
 
 
 def test_sr_goes_out_over_tls(tmp_path, pki):

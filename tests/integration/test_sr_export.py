@@ -10,8 +10,9 @@ import pydicom
 from sqlalchemy import select
 
 from cxrtriage.config import Settings
+from cxrtriage.db.exports import due_exports
 from cxrtriage.db.models import SrExport, Study
-from cxrtriage.db.results import due_exports, record_export, register_model
+from cxrtriage.db.results import record_export, register_model
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.sr_header import clean_header
 from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids

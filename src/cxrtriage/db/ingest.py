@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import (
@@ -18,8 +20,10 @@ from cxrtriage.domain import InstanceState, RefusedInstance, StoredInstance, Stu
 from cxrtriage.errors import InstanceConflictError
 
 
-def open_association(session: Session, association_id: str, calling_ae: str, peer: str) -> None:
-    session.add(Association(id=association_id, calling_ae=calling_ae[:16], peer=peer[:64]))
+def open_association(session: Session, association_id: str, calling_ae: str, peer: str,
+                     receiver_id: str = "") -> None:
+    session.add(Association(id=association_id, calling_ae=calling_ae[:16], peer=peer[:64],
+                            receiver_id=receiver_id[:128], last_seen_at=utcnow()))
 
 
 def close_association(session: Session, association_id: str) -> None:
@@ -27,10 +31,31 @@ def close_association(session: Session, association_id: str) -> None:
                                               Association.closed_at.is_(None)).values(closed_at=utcnow()))
 
 
-def close_stale_associations(session: Session) -> int:
-    """At receiver start, associations left open by a crashed receiver can no longer send."""
-    result = session.execute(update(Association).where(Association.closed_at.is_(None))
+def touch_associations(session: Session, association_ids: list[str]) -> None:
+    """The owning receiver's heartbeat: these associations are still alive."""
+    if association_ids:
+        session.execute(update(Association).where(Association.id.in_(association_ids),
+                                                  Association.closed_at.is_(None))
+                        .values(last_seen_at=utcnow()))
+
+
+def close_stale_associations(session: Session, receiver_id: str) -> int:
+    """At receiver start: this receiver's associations left open by its crashed predecessor can no
+    longer send. Other receivers sharing the database keep theirs."""
+    result = session.execute(update(Association).where(Association.closed_at.is_(None),
+                                                       Association.receiver_id == receiver_id[:128])
                              .values(closed_at=utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def expire_associations(session: Session, liveness_seconds: float, now: datetime | None = None) -> int:
+    """Close associations whose receiver stopped vouching for them (it died, or its close write
+    failed), so that their studies are queued instead of waiting for ever."""
+    now = now or utcnow()
+    seen = func.coalesce(Association.last_seen_at, Association.opened_at)
+    result = session.execute(update(Association).where(
+        Association.closed_at.is_(None), seen < now - timedelta(seconds=liveness_seconds))
+        .values(closed_at=now).execution_options(synchronize_session=False))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 

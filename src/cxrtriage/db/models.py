@@ -44,6 +44,7 @@ class Study(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(nullable=True)  # image files removed (retention)
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
 
@@ -86,6 +87,8 @@ class Association(Base):
     peer: Mapped[str] = mapped_column(String(64))
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    receiver_id: Mapped[str] = mapped_column(String(128), default="", index=True)  # which receiver owns it
+    last_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)  # owner's liveness heartbeat
 
 
 class StudyAssociation(Base):
@@ -151,3 +154,19 @@ class SrExport(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retry_since: Mapped[datetime | None] = mapped_column(nullable=True)  # start of the retry horizon
+    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)  # an attempt is in flight
+    sends: Mapped[int] = mapped_column(Integer, default=0)  # successful deliveries (re-sends > 1)
+
+
+class SrExportAttempt(Base):
+    """One delivery attempt of an SR export, kept for audit: re-sends of a sent SR are recorded."""
+
+    __tablename__ = "sr_export_attempts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("sr_exports.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    resend: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the peer's C-STORE status
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
@@ -59,34 +58,4 @@ def record_export(session: Session, *, study_id: int, model_version_id: int, ser
                    next_attempt_at=utcnow() if destination else None)
     session.add(row)
     session.flush()
-    return row
-
-
-def due_exports(session: Session, hold_seconds: float, now: datetime | None = None) -> list[int]:
-    """Pending exports whose next attempt is due; each is held back for `hold_seconds` so that
-    it is dispatched once while its attempt runs."""
-    now = now or utcnow()
-    ids = list(session.scalars(select(SrExport.id).where(SrExport.state == ExportState.PENDING,
-                                                         SrExport.next_attempt_at <= now)).all())
-    if ids:
-        session.execute(update(SrExport).where(SrExport.id.in_(ids))
-                        .values(next_attempt_at=now + timedelta(seconds=hold_seconds)))
-    return ids
-
-
-def record_attempt(session: Session, export_id: int, error: str, max_attempts: int,
-                   base_seconds: float) -> SrExport:
-    """Count an attempt; on error back off exponentially until the limit, then give up."""
-    row = session.get(SrExport, export_id)
-    if row is None:
-        raise LookupError(f"no SR export with id {export_id}")
-    row.attempts += 1
-    now = utcnow()
-    if not error:
-        row.state, row.sent_at, row.last_error, row.next_attempt_at = ExportState.SENT, now, "", None
-    elif row.attempts >= max_attempts:
-        row.state, row.last_error, row.next_attempt_at = ExportState.FAILED, error, None
-    else:
-        row.last_error = error
-        row.next_attempt_at = now + timedelta(seconds=base_seconds * 2 ** (row.attempts - 1))
     return row

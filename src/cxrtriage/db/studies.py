@@ -128,6 +128,7 @@ def mark_for_reprocessing(session: Session, model_version_id: int) -> list[str]:
     """Finished studies not yet read by this model version go back to queued (nightly job)."""
     uids = session.scalars(select(Study.study_uid).where(
         Study.state.in_([StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED]),
+        Study.purged_at.is_(None),  # its images are gone (retention); keep its real SR
         (Study.model_version_id.is_(None)) | (Study.model_version_id != model_version_id))).all()
     if uids:
         session.execute(update(Study).where(Study.study_uid.in_(uids))

@@ -1,29 +1,41 @@
 """The storage SCP. The C-STORE handler validates, stores durably, indexes and answers; nothing
-heavier. Its collaborators (index, association bookkeeping) are passed in, not imported."""
+heavier. Its collaborators (index, association bookkeeping) are passed in, not imported.
+
+Data sets are received in chunks into a spool on the storage volume (pynetdicom's
+STORE_RECV_CHUNKED_DATASET), never whole in memory, and stored by rename. New instances are
+refused with 0xA700 while the volume is past its watermark. With TLS, the handshake runs in each
+connection's own thread with a timeout, after the peer allow-list check, so an idle or slow
+client never blocks the accept loop.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
+import socket
 import ssl
+import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import AE, dimse_messages, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from cxrtriage.dicom.preprocess import check_pixel_contract
-from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.dicom.storage import InstanceStore, Watermark, make_dirs
 from cxrtriage.dicom.uids import is_valid_uid, require_uid
 from cxrtriage.domain import RefusedInstance, StoredInstance
 from cxrtriage.errors import InstanceConflictError, InvalidInputError
@@ -51,6 +63,7 @@ class ReceiverIndex(Protocol):
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None: ...
     def association_closed(self, association_id: str) -> None: ...
+    def associations_alive(self, association_ids: list[str]) -> None: ...
     def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool: ...
     def instance_stored(self, stored: StoredInstance) -> None: ...
     def instance_rejected(self, refused: RefusedInstance) -> None: ...
@@ -64,6 +77,8 @@ class ReceiverLimits:
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
+    tls_handshake_timeout: float = 10.0
+    heartbeat_seconds: float = 30.0  # association liveness, retried closes, spool cleaning
 
 
 @dataclass(frozen=True)
@@ -101,12 +116,26 @@ def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, re
                     max_bytes: int) -> Inspection:
     """Parse and check the bytes of one C-STORE data set. Never raises: every outcome is a
     status and a reason a person can read."""
-    if len(raw) > max_bytes:
-        return Inspection(OUT_OF_RESOURCES, f"instance of {len(raw)} bytes exceeds the limit of "
+    syntax = UID(transfer_syntax)
+    return _inspect(len(raw), lambda: decode(BytesIO(raw), syntax.is_implicit_VR,
+                                             syntax.is_little_endian, syntax.is_deflated),
+                    transfer_syntax, request_sop_class, request_sop_uid, max_bytes)
+
+
+def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
+                 max_bytes: int) -> Inspection:
+    """As inspect_payload, for a data set spooled to a file with its file meta."""
+    return _inspect(path.stat().st_size, lambda: dcmread(path), transfer_syntax, request_sop_class,
+                    request_sop_uid, max_bytes)
+
+
+def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, request_sop_class: str,
+             request_sop_uid: str, max_bytes: int) -> Inspection:
+    if size > max_bytes:
+        return Inspection(OUT_OF_RESOURCES, f"instance of {size} bytes exceeds the limit of "
                                             f"{max_bytes}", None)
     try:
-        syntax = UID(transfer_syntax)
-        ds = decode(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        ds = load()
         status, reason = validate_dataset(ds, request_sop_class, request_sop_uid, transfer_syntax)
     except InvalidInputError as exc:
         return Inspection(CANNOT_UNDERSTAND, str(exc), None)
@@ -136,19 +165,36 @@ def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
     return SUCCESS, ""
 
 
+
+def _sha256(path: Path) -> str:
+    """Of the spooled file: the same data set sent again in the same syntax hashes the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(functools.partial(handle.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class Receiver:
     """A pynetdicom storage SCP bound to an index and a store."""
 
     def __init__(self, ae_title: str, store: InstanceStore, index: ReceiverIndex,
                  limits: ReceiverLimits | None = None, access: AccessPolicy | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, watermark: Watermark | None = None) -> None:
         self.store = store
         self.index = index
         self.limits = limits or ReceiverLimits()
         self.access = access or AccessPolicy()
         self.ssl_context = ssl_context
-        self._ids: dict[int, str] = {}
+        self.watermark = watermark or Watermark()
+        self._ids: dict[int, str] = {}  # open associations: id(assoc) -> our association id
+        self._unrecorded: set[str] = set()  # opened, but the database write failed
+        self._unclosed: set[str] = set()  # closed, but the database write failed; retried
+        self._handshaking = 0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._pynetdicom_defaults: tuple[bool, Any] | None = None
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = self.limits.max_associations
         self.ae.maximum_pdu_size = self.limits.max_pdu_size
@@ -169,11 +215,61 @@ class Receiver:
                 (evt.EVT_REJECTED, self._rejected_association)]
 
     def start(self, host: str, port: int) -> None:
+        self._use_spool()
         self._server = self.ae.start_server((host, port), block=False, evt_handlers=self.handlers(),
                                             ssl_context=self.ssl_context)
-        self._server.verify_request = self._verify_peer  # socketserver's per-connection hook
+        server = self._server
+        server.verify_request = self._verify_peer  # socketserver's per-connection hook
+        if self.ssl_context is not None:  # handshake per connection, not in the accept loop
+            server.get_request = self._accept_without_handshake
+            server.finish_request = functools.partial(self._handshake_then_serve, server.finish_request)
+        self._heartbeat = threading.Thread(target=self._beat, name="receiver-heartbeat", daemon=True)
+        self._heartbeat.start()
         logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port,
                                                  "tls": self.ssl_context is not None})
+
+    def _use_spool(self) -> None:
+        """Receive C-STORE data sets into files under the storage root, not into memory."""
+        make_dirs(self.store.spool, 0o700)
+        self.store.clean_spool(older_than_seconds=4 * self.limits.network_timeout)
+        self._pynetdicom_defaults = (pynetdicom_config.STORE_RECV_CHUNKED_DATASET,
+                                     dimse_messages.NamedTemporaryFile)
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
+            tempfile.NamedTemporaryFile, dir=str(self.store.spool), prefix="cstore-")
+
+    def _accept_without_handshake(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self._server.socket.accept()
+        assert self.ssl_context is not None
+        return self.ssl_context.wrap_socket(client, server_side=True,
+                                            do_handshake_on_connect=False), address
+
+    def _handshake_then_serve(self, serve: Callable[[Any, Any], None], request: Any,
+                              client_address: Any) -> None:
+        """Runs in the connection's own thread: a bounded TLS handshake, then the association."""
+        with self._lock:
+            crowded = self._handshaking >= self.limits.max_associations
+            if not crowded:
+                self._handshaking += 1
+        if crowded:
+            logger.warning("connection dropped: too many TLS handshakes in progress",
+                           extra={"peer": client_address[0]})
+            self._server.shutdown_request(request)
+            return
+        try:
+            previous = request.gettimeout()
+            request.settimeout(self.limits.tls_handshake_timeout)
+            request.do_handshake()
+            request.settimeout(previous)
+        except (OSError, ValueError) as exc:
+            logger.warning("TLS handshake failed", extra={"peer": client_address[0],
+                                                          "error": type(exc).__name__})
+            self._server.shutdown_request(request)
+            return
+        finally:
+            with self._lock:
+                self._handshaking -= 1
+        serve(request, client_address)
 
     def _verify_peer(self, _request: Any, client_address: tuple[str, int]) -> bool:
         allowed = self.access.peer_allowed(client_address[0])
@@ -188,34 +284,93 @@ class Receiver:
                                                       "peer": requestor.address})
 
     def stop(self) -> None:
+        self._stop.set()
         if self._server is not None:
             self._server.shutdown()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)
+        self.beat()  # record what closed during shutdown
+        if self._pynetdicom_defaults is not None:  # process-wide settings, as they were
+            chunked, factory = self._pynetdicom_defaults
+            pynetdicom_config.STORE_RECV_CHUNKED_DATASET = chunked
+            dimse_messages.NamedTemporaryFile = factory  # type: ignore[misc]
+            self._pynetdicom_defaults = None
 
     def association_id(self, assoc: Any) -> str:
         with self._lock:
             return self._ids.setdefault(id(assoc), uuid.uuid4().hex)
 
-    def _opened(self, event: Any) -> None:
+    def _record_opened(self, event: Any, assoc_id: str) -> bool:
         requestor = event.assoc.requestor
+        try:
+            self.index.association_opened(assoc_id, str(requestor.ae_title).strip(),
+                                          f"{requestor.address}:{requestor.port}")
+        except Exception as exc:  # the association may go on; its stores wait for this record
+            logger.error("could not record an opened association",
+                         extra={"association_id": assoc_id, "error": type(exc).__name__})
+            with self._lock:
+                self._unrecorded.add(assoc_id)
+            return False
+        with self._lock:
+            self._unrecorded.discard(assoc_id)
+        return True
+
+    def _opened(self, event: Any) -> None:
         assoc_id = self.association_id(event.assoc)
-        self.index.association_opened(assoc_id, str(requestor.ae_title).strip(),
-                                      f"{requestor.address}:{requestor.port}")
-        logger.info("association accepted", extra={"association_id": assoc_id,
-                                                   "calling_ae": str(requestor.ae_title).strip()})
+        if self._record_opened(event, assoc_id):
+            logger.info("association accepted", extra={
+                "association_id": assoc_id, "calling_ae": str(event.assoc.requestor.ae_title).strip()})
 
     def _closed(self, event: Any) -> None:
+        """Record the close first; forget the association only once that is written. A failed
+        write is retried by the heartbeat, and liveness expiry covers a receiver that dies."""
         with self._lock:
-            assoc_id = self._ids.pop(id(event.assoc), None)
-        if assoc_id:
+            assoc_id = self._ids.get(id(event.assoc))
+        if not assoc_id:
+            return
+        try:
             self.index.association_closed(assoc_id)
-            logger.info("association closed", extra={"association_id": assoc_id})
+        except Exception as exc:
+            logger.error("could not record a closed association; will retry",
+                         extra={"association_id": assoc_id, "error": type(exc).__name__})
+            with self._lock:
+                self._unclosed.add(assoc_id)
+        with self._lock:
+            self._ids.pop(id(event.assoc), None)
+            self._unrecorded.discard(assoc_id)
+        logger.info("association closed", extra={"association_id": assoc_id})
 
-    def _reject(self, event: Any, assoc_id: str, status: int, reason: str, raw: bytes | None,
+    def beat(self) -> None:
+        """Vouch for the open associations, retry failed close records, clean the spool."""
+        with self._lock:
+            alive = sorted(set(self._ids.values()) - self._unrecorded)
+            unclosed = sorted(self._unclosed)
+        try:
+            self.index.associations_alive(alive)
+        except Exception as exc:
+            logger.warning("association heartbeat failed", extra={"error": type(exc).__name__})
+        for assoc_id in unclosed:
+            try:
+                self.index.association_closed(assoc_id)
+            except Exception:
+                break  # the database is still away; next beat
+            with self._lock:
+                self._unclosed.discard(assoc_id)
+        try:
+            self.store.clean_spool(older_than_seconds=4 * self.limits.network_timeout)
+        except OSError:
+            logger.warning("spool cleaning failed")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.limits.heartbeat_seconds):
+            self.beat()
+
+    def _reject(self, event: Any, assoc_id: str, status: int, reason: str, spooled: Path | None,
                 sop_uid: str | None) -> int:
         quarantine = None
-        if raw is not None:
+        if spooled is not None:
             try:
-                quarantine = str(self.store.quarantine([raw]))
+                quarantine = str(self.store.quarantine_file(spooled))
             except OSError:
                 logger.exception("could not quarantine a refused payload")
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -233,13 +388,17 @@ class Receiver:
         request = event.request
         request_uid = str(request.AffectedSOPInstanceUID or "")
         safe_uid = request_uid if is_valid_uid(request_uid) else None
-        raw_dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+        if assoc_id in self._unrecorded and not self._record_opened(event, assoc_id):
+            return OUT_OF_RESOURCES  # unrecorded, its study could be queued mid-association
+        spooled = Path(event.dataset_path)
+        if reason := self.watermark.refusal(self.store.root):
+            return self._reject(event, assoc_id, OUT_OF_RESOURCES, reason, None, safe_uid)
         transfer_syntax = str(event.context.transfer_syntax)
-        inspection = inspect_payload(raw_dataset, transfer_syntax, str(request.AffectedSOPClassUID),
-                                     request_uid, self.limits.max_instance_bytes)
+        inspection = inspect_file(spooled, transfer_syntax, str(request.AffectedSOPClassUID),
+                                  request_uid, self.limits.max_instance_bytes)
         ds = inspection.dataset
         if inspection.status != SUCCESS or ds is None:
-            kept = raw_dataset if inspection.status != OUT_OF_RESOURCES else None
+            kept = spooled if inspection.status != OUT_OF_RESOURCES else None
             return self._reject(event, assoc_id, inspection.status, inspection.reason, kept, safe_uid)
         study_uid, patient_id = str(ds.StudyInstanceUID), str(ds.get("PatientID", "") or "")
         try:
@@ -248,19 +407,18 @@ class Receiver:
             logger.exception("index lookup failed", extra={"sop_instance_uid": request_uid})
             return OUT_OF_RESOURCES
         if conflict:  # checked before writing: the stored file of the other study stays untouched
-            return self._reject(event, assoc_id, UID_CONFLICT, str(InstanceConflictError()), raw_dataset,
+            return self._reject(event, assoc_id, UID_CONFLICT, str(InstanceConflictError()), spooled,
                                 safe_uid)
         try:
-            encoded = event.encoded_dataset(include_meta=True)
-            path = self.store.store(study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, [encoded])
+            size, digest = spooled.stat().st_size, _sha256(spooled)
+            path = self.store.adopt(spooled, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         except OSError as exc:
             logger.error("storage write failed", extra={"sop_instance_uid": request_uid,
                                                         "error": type(exc).__name__})
             return OUT_OF_RESOURCES
         stored = StoredInstance(assoc_id, study_uid, str(ds.SeriesInstanceUID),
                                 request_uid, str(ds.SOPClassUID), str(ds.get("Modality", "")),
-                                transfer_syntax, str(path), Path(path).stat().st_size,
-                                hashlib.sha256(raw_dataset).hexdigest(), patient_id)
+                                transfer_syntax, str(path), size, digest, patient_id)
         try:
             self.index.instance_stored(stored)
         except InstanceConflictError as exc:  # lost a race with another association
@@ -272,4 +430,3 @@ class Receiver:
                                               "study_uid": stored.study_uid,
                                               "sop_instance_uid": request_uid})
         return SUCCESS
-

@@ -13,6 +13,7 @@ from cxrtriage.logs import job_id
 from cxrtriage.worker.runtime import configure_runtime, reset_runtime
 
 QUEUE = "cxrtriage"
+EXPORT_QUEUE = "cxrtriage.exports"  # SR sending, apart from classification
 app = Celery("cxrtriage", include=["cxrtriage.worker.tasks"])
 
 

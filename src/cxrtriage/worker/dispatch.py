@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cxrtriage.worker.app import app
+from cxrtriage.worker.app import EXPORT_QUEUE, app
 
 logger = logging.getLogger(__name__)
 
@@ -15,5 +15,5 @@ def enqueue_study(study_uid: str) -> None:
 
 
 def enqueue_export(export_id: int) -> None:
-    app.send_task("cxrtriage.export_sr", args=[export_id])
+    app.send_task("cxrtriage.export_sr", args=[export_id], queue=EXPORT_QUEUE)
     logger.info("SR export queued", extra={"export_id": export_id})

@@ -16,12 +16,17 @@ logger = logging.getLogger(__name__)
 
 
 class DatabaseIndex:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, receiver_id: str = "") -> None:
         self.db = db
+        self.receiver_id = receiver_id  # this receiver's association rows are its own
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
         with self.db.session() as session:
-            ingest.open_association(session, association_id, calling_ae, peer)
+            ingest.open_association(session, association_id, calling_ae, peer, self.receiver_id)
+
+    def associations_alive(self, association_ids: list[str]) -> None:
+        with self.db.session() as session:
+            ingest.touch_associations(session, association_ids)
 
     def association_closed(self, association_id: str) -> None:
         with self.db.session() as session:

@@ -1,0 +1,170 @@
+"""SR delivery under outages, with real sockets: capped backoff past the old 6-attempt limit,
+a horizon that ends in `failed` with its reason, a silent PACS bounded by the deadline, a
+superseded SR before its successor, and re-sends recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import select
+
+from cxrtriage.config import Settings
+from cxrtriage.db.exports import due_exports, retry_exports
+from cxrtriage.db.models import SrExport, SrExportAttempt, Study
+from cxrtriage.db.results import record_export, register_model
+from cxrtriage.db.session import Database, upgrade
+from cxrtriage.dicom.sr_writer import StudyReport, build_report
+from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.domain import ModelInfo
+from cxrtriage.worker.export import export_sr
+from cxrtriage.worker.runtime import Runtime
+from tests.factory import radiograph
+from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, wait_for
+
+MODEL = ModelInfo("m", "1", "cxr-triage", "1.2.826.0.1.3680043.10.1367.9", "ef" * 32)
+
+
+def _runtime(tmp_path: Path, destination: str, **settings: object) -> Runtime:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade(url)
+    values = {"sr_retry_base_seconds": 0.05, "sr_retry_max_interval_seconds": 0.2,
+              "sr_connect_timeout_seconds": 1.0, "sr_send_deadline_seconds": 3.0, **settings}
+    config = Settings(database_url=url, storage_dir=tmp_path / "storage", sr_destination=destination,
+                      **values)  # type: ignore[arg-type]
+    return Runtime(config, Database(url), InstanceStore(config.storage_dir))
+
+
+def _add_sr(rt: Runtime, tmp_path: Path, study_uid: str | None = None, n: int = 0) -> int:
+    ds = radiograph(study_uid)
+    sr = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [], [ds], not_analysed_reason=f"test {n}"))
+    path = tmp_path / f"sr-{sr.SOPInstanceUID}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    with rt.db.session() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == str(ds.StudyInstanceUID)))
+        if study is None:
+            study = Study(study_uid=str(ds.StudyInstanceUID), state="done")
+            session.add(study)
+            session.flush()
+        model_id = register_model(session, MODEL, {})
+        export = record_export(session, study_id=study.id, model_version_id=model_id,
+                               series_uid=str(sr.SeriesInstanceUID), sop_uid=str(sr.SOPInstanceUID),
+                               supersedes_uid=None, kind="not_analysed", path=str(path),
+                               destination=rt.settings.sr_destination)
+        return export.id
+
+
+def _row(rt: Runtime, export_id: int) -> SrExport:
+    with rt.db.session() as session:
+        row = session.get(SrExport, export_id)
+        assert row is not None
+        return row
+
+
+def _attempt_until(rt: Runtime, export_id: int, done: set[str], limit: int) -> str:
+    """Run the scheduler's selection and the worker's attempt, as the real processes do."""
+    state = "pending"
+    for _ in range(limit):
+        with rt.db.session() as session:
+            due = due_exports(session, hold_seconds=30)
+        if export_id in due:
+            state = export_sr(rt, export_id)
+            if state in done:
+                return state
+        else:
+            time.sleep(0.02)
+    return state
+
+
+def test_backoff_is_capped_and_outlasts_six_attempts_then_fails_at_the_horizon(tmp_path):
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}", sr_retry_horizon_seconds=2.0)
+    export_id = _add_sr(rt, tmp_path)
+    assert _attempt_until(rt, export_id, {"failed"}, 2000) == "failed"
+    row = _row(rt, export_id)
+    assert row.attempts > 6, "the old limit of 6 attempts must no longer end delivery"
+    assert "retry horizon" in row.last_error and "not established" in row.last_error
+    with rt.db.session() as session:
+        attempts = session.scalars(select(SrExportAttempt).where(SrExportAttempt.export_id == export_id)
+                                   .order_by(SrExportAttempt.id)).all()
+    assert len(attempts) == row.attempts
+    gaps = [(b.started_at - a.finished_at).total_seconds()  # type: ignore[operator]
+            for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert max(gaps) < 0.2 + 0.15, "a wait exceeded the cap on the interval"
+    assert gaps[-1] > gaps[0], "the wait grows"
+
+
+def test_silent_pacs_costs_one_bounded_attempt(tmp_path):
+    """A listener that accepts nothing and never answers: the attempt ends at its deadline."""
+    with socket.socket() as silent:
+        silent.bind((LOOPBACK, 0))
+        silent.listen(0)
+        port = silent.getsockname()[1]
+        rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{port}")
+        export_id = _add_sr(rt, tmp_path)
+        start = time.monotonic()
+        assert _attempt_until(rt, export_id, {"pending"}, 1) == "pending"
+        elapsed = time.monotonic() - start
+    assert elapsed < rt.settings.sr_send_deadline_seconds + 1.5
+    assert _row(rt, export_id).attempts == 1
+
+
+def test_superseded_sr_goes_first_and_resends_are_recorded(tmp_path):
+    port = free_port()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{port}")
+    study_uid = str(radiograph().StudyInstanceUID)
+    first, second = _add_sr(rt, tmp_path, study_uid, 1), _add_sr(rt, tmp_path, study_uid, 2)
+    with rt.db.session() as session:
+        assert due_exports(session, hold_seconds=0) == [first], "the successor overtook its predecessor"
+    scp = Proc("storescp", [binary("storescp"), "-aet", "PACS", "-od", str(inbox), "+uf", str(port)],
+               tmp_path)
+    try:
+        wait_for(lambda: port_open(port), 30, "storescp")
+        assert _attempt_until(rt, first, {"sent"}, 200) == "sent"
+        assert _attempt_until(rt, second, {"sent"}, 200) == "sent"
+        with rt.db.session() as session:
+            assert len(retry_exports(session, destination="", study_uid=study_uid)) == 2
+        assert _attempt_until(rt, first, {"sent"}, 200) == "sent"
+        received = sorted(inbox.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    finally:
+        scp.stop()
+    uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in received]
+    first_uid, second_uid = _row(rt, first).sr_sop_instance_uid, _row(rt, second).sr_sop_instance_uid
+    assert uids == [first_uid, second_uid, first_uid], "predecessor, successor, then the re-send"
+    row = _row(rt, first)
+    assert row.sends == 2 and row.state == "sent"
+    with rt.db.session() as session:
+        resends = session.scalars(select(SrExportAttempt.resend).where(
+            SrExportAttempt.export_id == first).order_by(SrExportAttempt.id)).all()
+    assert resends == [False, True]
+
+
+def test_exports_command_lists_by_state_and_retries(tmp_path):
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}", sr_retry_horizon_seconds=0.1)
+    export_id = _add_sr(rt, tmp_path)
+    assert _attempt_until(rt, export_id, {"failed"}, 200) == "failed"
+    env = {**os.environ, "CXRTRIAGE_DATABASE_URL": rt.settings.database_url,
+           "CXRTRIAGE_SR_DESTINATION": rt.settings.sr_destination}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "cxrtriage.cli", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    listed = json.loads(cli("exports", "--state", "failed", "--json"))
+    assert listed["counts"] == {"failed": 1}
+    [row] = listed["exports"]
+    assert row["id"] == export_id and "retry horizon" in row["last_error"]
+    assert "failed: 1" in cli("exports")
+    assert "1 exports queued" in cli("exports", "retry", "--state", "failed")
+    again = _row(rt, export_id)
+    assert (again.state, again.attempts) == ("pending", 0), "retry starts a fresh horizon"
+    assert json.loads(cli("exports", "--state", "failed", "--json"))["exports"] == []
