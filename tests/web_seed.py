@@ -24,10 +24,20 @@ LABELS = ("NORMAL", "PNEUMONIA")
 
 def register(session: Session, version: str = "1.0.0", threshold: float = 0.5) -> int:
     sha = hashlib.sha256(version.encode()).hexdigest()
-    info = ModelInfo(name="seed-model", version=version, creator="tests", device_uid=generate_uid(),
-                     weights_sha256=sha)
-    return register_model(session, info, {"name": "seed-model", "version": version, "labels": list(LABELS),
-                                          "flag_label": "PNEUMONIA", "threshold": threshold})
+    info = ModelInfo(
+        name="seed-model", version=version, creator="tests", device_uid=generate_uid(), weights_sha256=sha
+    )
+    return register_model(
+        session,
+        info,
+        {
+            "name": "seed-model",
+            "version": version,
+            "labels": list(LABELS),
+            "flag_label": "PNEUMONIA",
+            "threshold": threshold,
+        },
+    )
 
 
 def index(session: Session, study_uid: str, paths: list[str]) -> list[str]:
@@ -35,43 +45,86 @@ def index(session: Session, study_uid: str, paths: list[str]) -> list[str]:
     sops = []
     for path in paths:
         sop = generate_uid()
-        index_instance(session, association_id="seed", study_uid=study_uid, series_uid=series_uid,
-                       sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", modality="DX",
-                       transfer_syntax="1.2.840.10008.1.2.1", path=path, size_bytes=1)
+        index_instance(
+            session,
+            association_id="seed",
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            modality="DX",
+            transfer_syntax="1.2.840.10008.1.2.1",
+            path=path,
+            size_bytes=1,
+        )
         sops.append(sop)
     return sops
 
 
-def read(session: Session, study_uid: str, model_version_id: int, probabilities: list[float] | None,
-         threshold: float = 0.5, reason: str = "") -> None:
+def read(
+    session: Session,
+    study_uid: str,
+    model_version_id: int,
+    probabilities: list[float] | None,
+    threshold: float = 0.5,
+    reason: str = "",
+) -> None:
     """The worker's steps for a queued study: claim, results, finish, export. No probabilities:
     the study is skipped (not analysed) with `reason`."""
     queue_quiet_studies(session, 0.0)
     study = claim_study(session, study_uid, 300)
     assert study is not None, "study was not queued"
-    instances = session.scalars(select(Instance).where(Instance.study_id == study.id)
-                                .order_by(Instance.id)).all()
+    instances = session.scalars(
+        select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+    ).all()
     predictions = {}
     if probabilities is not None:
         for instance, p in zip(instances, probabilities, strict=True):
-            predictions[instance.id] = Prediction(instance.sop_instance_uid, {"NORMAL": 1 - p, "PNEUMONIA": p},
-                                                  p >= threshold, threshold, "PNEUMONIA")
+            predictions[instance.id] = Prediction(
+                instance.sop_instance_uid,
+                {"NORMAL": 1 - p, "PNEUMONIA": p},
+                p >= threshold,
+                threshold,
+                "PNEUMONIA",
+            )
             instance.state = "classified"
         save_predictions(session, model_version_id, predictions, "1", {})
     flagged = any(p.flagged for p in predictions.values()) if predictions else None
     state = StudyState.DONE if predictions else StudyState.SKIPPED
-    assert finish_study(session, study.id, int(study.claimed_revision or 0), study.attempts, state,
-                        reason, flagged, model_version_id)
-    record_export(session, study_id=study.id, model_version_id=model_version_id, series_uid=generate_uid(),
-                  sop_uid=generate_uid(), supersedes_uid=None,
-                  kind="analysed" if predictions else "not_analysed", path="/nonexistent/sr.dcm",
-                  destination="")
+    assert finish_study(
+        session,
+        study.id,
+        int(study.claimed_revision or 0),
+        study.attempts,
+        state,
+        reason,
+        flagged,
+        model_version_id,
+    )
+    record_export(
+        session,
+        study_id=study.id,
+        model_version_id=model_version_id,
+        series_uid=generate_uid(),
+        sop_uid=generate_uid(),
+        supersedes_uid=None,
+        kind="analysed" if predictions else "not_analysed",
+        path="/nonexistent/sr.dcm",
+        destination="",
+    )
 
 
-def seed_study(session: Session, model_version_id: int, probabilities: list[float] | None,
-               threshold: float = 0.5, received_at: datetime | None = None, reason: str = "",
-               finished: bool = True, paths: list[str] | None = None,
-               details: dict[str, Any] | None = None) -> str:
+def seed_study(
+    session: Session,
+    model_version_id: int,
+    probabilities: list[float] | None,
+    threshold: float = 0.5,
+    received_at: datetime | None = None,
+    reason: str = "",
+    finished: bool = True,
+    paths: list[str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> str:
     """One study with one image per probability (or per path), read by the model unless
     `finished` is False. Returns its Study Instance UID."""
     study_uid = generate_uid()

@@ -56,8 +56,13 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(tmp_path: Path, tiny_package: Path, template_db: Path) -> Iterator[dict[str, Any]]:
     shutil.copy(template_db, tmp_path / "web.db")
     url = f"sqlite:///{tmp_path / 'web.db'}"
-    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
-                        web_escalation_minutes=60, web_login_attempts=3)
+    settings = Settings(
+        database_url=url,
+        storage_dir=tmp_path / "storage",
+        model=tiny_package,
+        web_escalation_minutes=60,
+        web_login_attempts=3,
+    )
     db = Database(url)
     app = create_app(settings, db)
     with TestClient(app) as client:
@@ -69,8 +74,11 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> str:
     """Sign in through the form; returns the session's CSRF token (from a page's form)."""
     form = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-    answer = client.post("/login", data={"username": username, "password": password, "csrf_token": token,
-                                         "next": "/"}, follow_redirects=False)
+    answer = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
     assert answer.status_code == 303, answer.text
     page = client.get("/")
     return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
@@ -85,8 +93,11 @@ def uids(client: TestClient, query: str = "", auth: tuple[str, str] = ALICE) -> 
 # --- authentication ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("auth", [None, ("alice", "wrong password"), ("carol", PASSWORD), ("nobody", PASSWORD)],
-                         ids=["no credentials", "wrong password", "disabled user", "unknown user"])
+@pytest.mark.parametrize(
+    "auth",
+    [None, ("alice", "wrong password"), ("carol", PASSWORD), ("nobody", PASSWORD)],
+    ids=["no credentials", "wrong password", "disabled user", "unknown user"],
+)
 def test_api_refuses_without_valid_credentials(env, auth) -> None:
     answer = env["client"].get("/api/worklist", auth=auth)
     assert answer.status_code == 401
@@ -136,16 +147,26 @@ def test_session_cookie_flags(env) -> None:
     client = env["client"]
     form = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-    answer = client.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token},
-                         follow_redirects=False)
-    cookie = [v for k, v in answer.headers.multi_items() if k == "set-cookie" and "cxrtriage_session=" in v][0]
+    answer = client.post(
+        "/login",
+        data={"username": "alice", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
+    cookie = [v for k, v in answer.headers.multi_items() if k == "set-cookie" and "cxrtriage_session=" in v][
+        0
+    ]
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie  # plain HTTP here
     secure = TestClient(env["app"], base_url="https://review.example")
     form = secure.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-    answer = secure.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token},
-                         follow_redirects=False)
-    cookie = [v for k, v in answer.headers.multi_items() if k == "set-cookie" and "cxrtriage_session=" in v][0]
+    answer = secure.post(
+        "/login",
+        data={"username": "alice", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
+    cookie = [v for k, v in answer.headers.multi_items() if k == "set-cookie" and "cxrtriage_session=" in v][
+        0
+    ]
     assert "Secure" in cookie
 
 
@@ -153,14 +174,27 @@ def test_login_rate_limit(env) -> None:
     client = env["client"]
     form = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-    statuses = [client.post("/login", data={"username": "alice", "password": f"guess {i}", "csrf_token": token},
-                            follow_redirects=False).status_code for i in range(3)]
+    statuses = [
+        client.post(
+            "/login",
+            data={"username": "alice", "password": f"guess {i}", "csrf_token": token},
+            follow_redirects=False,
+        ).status_code
+        for i in range(3)
+    ]
     assert statuses == [401, 401, 401]
-    right = client.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token},
-                        follow_redirects=False)
+    right = client.post(
+        "/login",
+        data={"username": "alice", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
     assert right.status_code == 429  # even the right password waits out the window
-    other = client.post("/login", data={"username": "bob", "password": PASSWORD, "csrf_token": token},
-                        follow_redirects=False, headers={"x-forwarded-for": "10.0.0.9"})
+    other = client.post(
+        "/login",
+        data={"username": "bob", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+        headers={"x-forwarded-for": "10.0.0.9"},
+    )
     assert other.status_code == 429  # same client address: throttled too
 
 
@@ -174,22 +208,35 @@ def test_csrf_rejection(env) -> None:
     csrf = login(client, "alice")
     url = f"/studies/{study}/feedback"
     assert client.post(url, data={"verdict": "agree"}, follow_redirects=False).status_code == 403
-    assert client.post(url, data={"verdict": "agree", "csrf_token": "forged"},
-                       follow_redirects=False).status_code == 403
+    assert (
+        client.post(
+            url, data={"verdict": "agree", "csrf_token": "forged"}, follow_redirects=False
+        ).status_code
+        == 403
+    )
     assert client.post(f"/api/studies/{study}/feedback", json={"verdict": "agree"}).status_code == 403
     assert client.post("/logout", follow_redirects=False).status_code == 403
     ok = client.post(url, data={"verdict": "agree", "csrf_token": csrf}, follow_redirects=False)
     assert ok.status_code == 303
-    ok = client.post(f"/api/studies/{study}/feedback", json={"verdict": "uncertain"},
-                     headers={"x-csrf-token": csrf})
+    ok = client.post(
+        f"/api/studies/{study}/feedback", json={"verdict": "uncertain"}, headers={"x-csrf-token": csrf}
+    )
     assert ok.status_code == 200
     # The sign-in form has its own token (a cookie and the same value in the form).
     fresh = TestClient(env["app"])
-    assert fresh.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": "x"},
-                      follow_redirects=False).status_code == 403
+    assert (
+        fresh.post(
+            "/login",
+            data={"username": "alice", "password": PASSWORD, "csrf_token": "x"},
+            follow_redirects=False,
+        ).status_code
+        == 403
+    )
     # HTTP Basic callers need a JSON body: a cross-site form cannot send one.
     fresh = TestClient(env["app"])
-    assert fresh.post(f"/api/studies/{study}/feedback", data={"verdict": "agree"}, auth=ALICE).status_code == 403
+    assert (
+        fresh.post(f"/api/studies/{study}/feedback", data={"verdict": "agree"}, auth=ALICE).status_code == 403
+    )
 
 
 # --- worklist ----------------------------------------------------------------------------------
@@ -215,15 +262,26 @@ def test_worklist_order_escalation_and_filters(env) -> None:
     assert order == [flagged_a, flagged_b, low_old, mid, other_version, low_new, skipped]
     items = client.get("/api/worklist", auth=ALICE).json()
     first = items[0]
-    assert set(first) >= {"study_uid", "state", "reason", "flagged", "probability", "model_version",
-                          "received_at", "verdict"}
+    assert set(first) >= {
+        "study_uid",
+        "state",
+        "reason",
+        "flagged",
+        "probability",
+        "model_version",
+        "received_at",
+        "verdict",
+    }
     assert first["probability"] == pytest.approx(0.95) and first["flagged"] is True
     assert first["received_at"].endswith("Z") and first["verdict"] is None
     assert items[2]["escalated"] is True and items[3]["escalated"] is False
     assert items[-1]["flagged"] is None and items[-1]["reason"].startswith("no frontal")
 
     # Once reviewed, the escalated study drops back to its place by probability.
-    assert client.post(f"/api/studies/{low_old}/feedback", json={"verdict": "agree"}, auth=BOB).status_code == 201
+    assert (
+        client.post(f"/api/studies/{low_old}/feedback", json={"verdict": "agree"}, auth=BOB).status_code
+        == 201
+    )
     assert uids(client) == [flagged_a, flagged_b, mid, other_version, low_old, low_new, skipped]
     assert client.get("/api/worklist", auth=BOB).json()[4]["verdict"] == "agree"
     assert client.get("/api/worklist", auth=ALICE).json()[4]["verdict"] is None  # the caller's own verdict
@@ -255,16 +313,24 @@ def test_feedback_replace_and_history(env) -> None:
         study = seed_study(session, mv, [0.8])
         pending = seed_study(session, mv, [0.8], finished=False)
     url = f"/api/studies/{study}/feedback"
-    first = client.post(url, json={"verdict": "agree", "comment": "consolidation right lower lobe"}, auth=ALICE)
+    first = client.post(
+        url, json={"verdict": "agree", "comment": "consolidation right lower lobe"}, auth=ALICE
+    )
     assert first.status_code == 201
-    again = client.post(url, json={"verdict": "disagree", "comment": "on second look, atelectasis"}, auth=ALICE)
+    again = client.post(
+        url, json={"verdict": "disagree", "comment": "on second look, atelectasis"}, auth=ALICE
+    )
     assert again.status_code == 200
     assert client.post(url, json={"verdict": "uncertain"}, auth=BOB).status_code == 201
     assert client.post(url, json={"verdict": "maybe"}, auth=ALICE).status_code == 422
     assert client.post(url, json={"comment": "no verdict"}, auth=ALICE).status_code == 422
-    assert client.post("/api/studies/1.2.3.4/feedback", json={"verdict": "agree"}, auth=ALICE).status_code == 404
-    assert client.post(f"/api/studies/{pending}/feedback", json={"verdict": "agree"},
-                       auth=ALICE).status_code == 404
+    assert (
+        client.post("/api/studies/1.2.3.4/feedback", json={"verdict": "agree"}, auth=ALICE).status_code == 404
+    )
+    assert (
+        client.post(f"/api/studies/{pending}/feedback", json={"verdict": "agree"}, auth=ALICE).status_code
+        == 404
+    )
 
     record = client.get(url, auth=ALICE).json()
     current = {f["username"]: f["verdict"] for f in record["current"]}
@@ -298,11 +364,23 @@ def test_stats_arithmetic(env) -> None:
         seed_study(session, v1, None, reason="no frontal chest radiograph: lateral")
         v2 = register(session, "2.0.0", threshold=0.5)
         seed_study(session, v2, [0.3])
-    fb = {(flagged[0], ALICE): "agree", (flagged[0], BOB): "agree", (flagged[1], ALICE): "disagree",
-          (flagged[2], ALICE): "uncertain", (unflagged[0], ALICE): "agree", (unflagged[1], BOB): "disagree"}
+    fb = {
+        (flagged[0], ALICE): "agree",
+        (flagged[0], BOB): "agree",
+        (flagged[1], ALICE): "disagree",
+        (flagged[2], ALICE): "uncertain",
+        (unflagged[0], ALICE): "agree",
+        (unflagged[1], BOB): "disagree",
+    }
     for (study, who), verdict in fb.items():
-        assert client.post(f"/api/studies/{study}/feedback", json={"verdict": "disagree"}, auth=who).status_code == 201
-        assert client.post(f"/api/studies/{study}/feedback", json={"verdict": verdict}, auth=who).status_code == 200
+        assert (
+            client.post(f"/api/studies/{study}/feedback", json={"verdict": "disagree"}, auth=who).status_code
+            == 201
+        )
+        assert (
+            client.post(f"/api/studies/{study}/feedback", json={"verdict": verdict}, auth=who).status_code
+            == 200
+        )
     stats = {s["model_version"]: s for s in client.get("/api/stats", auth=ALICE).json()}
     one = stats["1.0.0"]
     assert (one["studies"], one["flagged"], one["not_analysed"]) == (5, 3, 1)
@@ -311,12 +389,23 @@ def test_stats_arithmetic(env) -> None:
     assert (one["feedback"], one["agree"], one["disagree"], one["uncertain"]) == (6, 3, 2, 1)
     assert one["ppv"] == pytest.approx(2 / 3)  # flagged only: agree 2, disagree 1
     two = stats["2.0.0"]
-    assert (two["studies"], two["flagged"], two["positive_rate"], two["feedback"], two["ppv"]) == (1, 0, 0.0, 0, None)
+    assert (two["studies"], two["flagged"], two["positive_rate"], two["feedback"], two["ppv"]) == (
+        1,
+        0,
+        0.0,
+        0,
+        None,
+    )
     dashboard = client.get("/api/dashboard", auth=ALICE).json()
     assert [v["model_version"] for v in dashboard["versions"]] == ["2.0.0", "1.0.0"]
     points = {o["model_version"]: o for o in dashboard["operating_points"]}
     # labels: flagged[0] positive, flagged[1] negative, unflagged[0] negative, unflagged[1] positive
-    assert (points["1.0.0"]["tp"], points["1.0.0"]["fp"], points["1.0.0"]["fn"], points["1.0.0"]["tn"]) == (1, 1, 1, 1)
+    assert (points["1.0.0"]["tp"], points["1.0.0"]["fp"], points["1.0.0"]["fn"], points["1.0.0"]["tn"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
     page = client.get("/dashboard", auth=ALICE, follow_redirects=False)
     assert page.status_code == 303  # pages use the session, not Basic
     login(client, "alice")
@@ -347,7 +436,10 @@ def test_metrics_and_logs_carry_no_patient_data(env, caplog) -> None:
     assert 'cxrtriage_studies{state="done"} 1.0' in metrics
     assert 'cxrtriage_studies{state="skipped"} 1.0' in metrics
     assert "cxrtriage_instances_stored_total 3.0" in metrics
-    assert 'cxrtriage_classifications_total{flagged="true",model="seed-model",model_version="1.0.0"} 1.0' in metrics
+    assert (
+        'cxrtriage_classifications_total{flagged="true",model="seed-model",model_version="1.0.0"} 1.0'
+        in metrics
+    )
     assert 'cxrtriage_feedback_total{model_version="1.0.0",verdict="agree"} 1.0' in metrics
     assert 'cxrtriage_sr_exports{kind="analysed",state="not_configured"} 1.0' in metrics
     assert_no_patient_data(metrics, "/metrics")
@@ -386,15 +478,23 @@ def test_try_an_image_stores_nothing(env) -> None:
     csrf = login(client, "alice")
     before = sorted(p.name for p in env["tmp"].rglob("*"))
     png = BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260), dtype=np.uint8)).save(png, format="PNG")
-    answer = client.post("/try", files={"file": ("chest.png", png.getvalue(), "image/png")},
-                         data={"csrf_token": csrf})
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260), dtype=np.uint8)).save(
+        png, format="PNG"
+    )
+    answer = client.post(
+        "/try", files={"file": ("chest.png", png.getvalue(), "image/png")}, data={"csrf_token": csrf}
+    )
     assert answer.status_code == 200, answer.text[-500:]
     assert "PNEUMONIA" in answer.text and "data:image/png;base64," in answer.text
-    dicom = client.post("/try", files={"file": ("x.dcm", (SAMPLES / "normal-1.dcm").read_bytes(), "application/dicom")},
-                        data={"csrf_token": csrf})
+    dicom = client.post(
+        "/try",
+        files={"file": ("x.dcm", (SAMPLES / "normal-1.dcm").read_bytes(), "application/dicom")},
+        data={"csrf_token": csrf},
+    )
     assert dicom.status_code == 200 and "NORMAL" in dicom.text
-    bad = client.post("/try", files={"file": ("x.png", b"not an image", "image/png")}, data={"csrf_token": csrf})
+    bad = client.post(
+        "/try", files={"file": ("x.png", b"not an image", "image/png")}, data={"csrf_token": csrf}
+    )
     assert bad.status_code == 422
     after = sorted(p.name for p in env["tmp"].rglob("*"))
     assert [p for p in after if p not in before and not p.startswith("web.db")] == []

@@ -78,6 +78,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     escalate_after = timedelta(minutes=settings.web_escalation_minutes)
 
     def get_session(request: Request) -> Iterator[Session]:
+        """A unit of work per request. Views that write commit before answering, because the
+        dependency's own commit may come after the response has gone out."""
         with request.app.state.db.session() as session:
             yield session
 
@@ -147,15 +149,18 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         if recent_login_failures(session, username, client, settings.web_login_window_seconds) \
                 >= settings.web_login_attempts:
             audit(session, "login_throttled", username, client=client)
+            session.commit()
             data["error"] = "Too many failed sign-ins. Wait a few minutes and try again."
             return page(request, "login.html", data, status=429)
         user = authenticate(session, username, password)
         if user is None:
             audit(session, "login_failed", username, client=client)
+            session.commit()
             data["error"] = "Wrong name or password, or the account is disabled."
             return page(request, "login.html", data, status=401)
         token, _ = open_session(session, user, settings.web_session_hours)
         audit(session, "login", user.username, client=client)
+        session.commit()  # before the browser follows the redirect with its new cookie
         response = RedirectResponse(_safe_next(next), status_code=303)
         _set_cookie(request, response, COOKIE, token, max_age=int(settings.web_session_hours * 3600))
         response.delete_cookie(LOGIN_CSRF_COOKIE)
@@ -172,6 +177,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
                session: Session = Depends(get_session)) -> Response:  # noqa: B008
         close_session(session, request.cookies.get(COOKIE, ""))
         audit(session, "logout", user.username, client=client_of(request))
+        session.commit()
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
@@ -192,6 +198,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         data = views.study_view(session, study_uid, user.id, settings.web_viewer_url)
         if data is not None:
             audit(session, "study_view", user.username, study_uid, client_of(request))
+            session.commit()
             data["csrf_token"] = user.csrf_token
         return data
 
@@ -317,6 +324,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
             return 404
         except ValueError:
             return 422
+        session.commit()  # visible to the page the browser is redirected to
         return 201 if first else 200
 
     app.include_router(protected)

@@ -143,7 +143,6 @@ def version_figure(version: VersionReads, summary: dict[str, Any]) -> str:
     to_review = [_minutes(r.first_review_at - r.result_at) for r in version.reads if r.first_review_at]
     data = [d if d else [0.0] for d in (to_result, to_review)]
     ax.boxplot(data, tick_labels=["received → result", "result → first review"])
-    ax.set_yscale("symlog")
     ax.set_ylabel("minutes")
     ax.set_title("Turnaround")
     ax = axes[1, 1]
