@@ -107,7 +107,8 @@ def main() -> None:
             results = {
                 "worklist page 1 (HTML)": timed(opener, base + "/", 20),
                 "worklist page 100 (HTML)": timed(opener, base + "/?page=100", 10),
-                "worklist flagged, unreviewed (HTML)": timed(opener, base + "/?flagged=true&reviewed=false", 10),
+                "worklist flagged, unreviewed (HTML)": timed(
+                    opener, f"{base}/?flagged=true&reviewed=false", 10),
                 "/api/worklist page 1 (JSON)": timed(opener, base + "/api/worklist", 20),
                 "/api/stats": timed(opener, base + "/api/stats", 5),
                 "/metrics": timed(opener, base + "/metrics", 5),
