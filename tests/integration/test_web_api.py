@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from io import BytesIO
@@ -26,6 +27,7 @@ from cxrtriage.db.session import Database, upgrade
 from cxrtriage.web.app import create_app
 from tests.conftest import assert_no_patient_data
 from tests.factory import SAMPLES, SENTINELS, radiograph, write_study
+from tests.servers import start_postgres
 from tests.web_seed import register, seed_study
 
 PASSWORD = "correct horse battery"
@@ -33,11 +35,7 @@ ALICE = ("alice", PASSWORD)
 BOB = ("bob", PASSWORD)
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated database with the test users, made once and copied for each test."""
-    path = tmp_path_factory.mktemp("webdb") / "web.db"
-    url = f"sqlite:///{path}"
+def _add_users(url: str) -> None:
     upgrade(url)
     db = Database(url)
     with db.session() as session:
@@ -46,16 +44,44 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         add_user(session, "root", PASSWORD, "admin")
         add_user(session, "carol", PASSWORD, "radiologist")
         disable_user(session, "carol")
-    with db.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    if url.startswith("sqlite"):
+        with db.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database with the test users, made once and copied for each test."""
+    path = tmp_path_factory.mktemp("webdb") / "web.db"
+    _add_users(f"sqlite:///{path}")
     return path
 
 
-@pytest.fixture
-def env(tmp_path: Path, tiny_package: Path, template_db: Path) -> Iterator[dict[str, Any]]:
-    shutil.copy(template_db, tmp_path / "web.db")
-    url = f"sqlite:///{tmp_path / 'web.db'}"
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server for the tests that also run there (production's database)."""
+    proc, url = start_postgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=["sqlite"])
+def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_package: Path) -> Iterator[dict[str, Any]]:
+    if request.param == "postgresql":
+        import psycopg
+
+        server = request.getfixturevalue("postgres_url")
+        name = f"web_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(server.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url = server.rsplit("/", 1)[0] + f"/{name}"
+        _add_users(url)
+    else:
+        shutil.copy(request.getfixturevalue("template_db"), tmp_path / "web.db")
+        url = f"sqlite:///{tmp_path / 'web.db'}"
     settings = Settings(
         database_url=url,
         storage_dir=tmp_path / "storage",
@@ -68,6 +94,9 @@ def env(tmp_path: Path, tiny_package: Path, template_db: Path) -> Iterator[dict[
     with TestClient(app) as client:
         yield {"client": client, "db": db, "app": app, "tmp": tmp_path}
     db.engine.dispose()
+
+
+BOTH_DATABASES = pytest.mark.parametrize("env", ["sqlite", "postgresql"], indirect=True)
 
 
 def login(client: TestClient, username: str, password: str = PASSWORD) -> str:
@@ -242,6 +271,7 @@ def test_csrf_rejection(env) -> None:
 # --- worklist ----------------------------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_worklist_order_escalation_and_filters(env) -> None:
     client = env["client"]
     now = utcnow()
@@ -306,6 +336,7 @@ def test_worklist_order_escalation_and_filters(env) -> None:
 # --- feedback ----------------------------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_feedback_replace_and_history(env) -> None:
     client = env["client"]
     with env["db"].session() as session:
@@ -355,6 +386,7 @@ def test_feedback_replace_and_history(env) -> None:
 # --- stats -------------------------------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_stats_arithmetic(env) -> None:
     client = env["client"]
     with env["db"].session() as session:
@@ -416,6 +448,7 @@ def test_stats_arithmetic(env) -> None:
 # --- metrics and logs --------------------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_metrics_and_logs_carry_no_patient_data(env, caplog) -> None:
     client = env["client"]
     caplog.set_level(logging.DEBUG)

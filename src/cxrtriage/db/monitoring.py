@@ -150,6 +150,10 @@ def metric_counts(session: Session) -> dict[str, list[tuple[dict[str, str], floa
         name, version = names.get(mv or -1, ("", ""))
         return {"model": name, "model_version": version}
 
+    # Labelled first: PostgreSQL wants GROUP BY to name the selected expressions themselves.
+    verdicts = select(AuditEvent.detail["verdict"].as_string().label("verdict"),
+                      AuditEvent.detail["model_version"].as_string().label("model_version")
+                      ).where(AuditEvent.action == "feedback").subquery()
     return {
         "instances": [({}, float(session.scalar(select(func.count()).select_from(Instance)) or 0))],
         "studies": [({"state": str(s)}, float(n)) for s, n in session.execute(
@@ -164,9 +168,6 @@ def metric_counts(session: Session) -> dict[str, list[tuple[dict[str, str], floa
                                 .group_by(InferenceResult.model_version_id, InferenceResult.flagged)).all()],
         "feedback": [({"verdict": str(v or ""), "model_version": str(mv or "")}, float(n))
                      for v, mv, n in session.execute(
-                         select(AuditEvent.detail["verdict"].as_string(),
-                                AuditEvent.detail["model_version"].as_string(), func.count())
-                         .where(AuditEvent.action == "feedback")
-                         .group_by(AuditEvent.detail["verdict"].as_string(),
-                                   AuditEvent.detail["model_version"].as_string())).all()],
+                         select(verdicts.c.verdict, verdicts.c.model_version, func.count())
+                         .group_by(verdicts.c.verdict, verdicts.c.model_version)).all()],
     }
