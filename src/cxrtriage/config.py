@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     web_login_window_seconds: float = Field(300.0, gt=0)  # ... within this window
     web_forwarded_allow_ips: str = "127.0.0.1"  # reverse proxies trusted for X-Forwarded-Proto/For
     web_max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    web_assessment_sr: bool = False  # each verdict also goes to the PACS as an assessment SR (AIRA-like)
     log_level: str = "INFO"
 
     @field_validator("ae_title", "sr_calling_ae")

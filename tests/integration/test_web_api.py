@@ -532,3 +532,80 @@ def test_try_an_image_stores_nothing(env) -> None:
     after = sorted(p.name for p in env["tmp"].rglob("*"))
     assert [p for p in after if p not in before and not p.startswith("web.db")] == []
     assert client.get("/api/worklist").json() == []
+
+
+# --- assessment SR (AIRA-like) -----------------------------------------------------------------
+
+
+def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
+    """With the setting on, a verdict becomes an SR that references the AI SR, passes dciodvfy,
+    is queued for export like any SR, and never becomes the study's current AI SR."""
+    import subprocess
+
+    import pydicom
+    from sqlalchemy import select
+
+    from cxrtriage.db.models import SrExport, Study
+    from cxrtriage.dicom.sr_writer import StudyReport, build_report
+    from cxrtriage.domain import ModelInfo, Prediction
+    from tests.servers import binary
+
+    db = env["db"]
+    settings = env["app"].state.settings.model_copy(
+        update={"web_assessment_sr": True, "sr_destination": "PACS@127.0.0.1:104"}
+    )
+    app = create_app(settings, db)
+    client = TestClient(app)
+    image = radiograph()
+    model = ModelInfo("seed-model", "1.0.0", "tests", "1.2.3", "ab" * 32)
+    ai_sr = build_report(
+        StudyReport(
+            model,
+            "PNEUMONIA",
+            0.5,
+            [
+                Prediction(
+                    str(image.SOPInstanceUID), {"NORMAL": 0.1, "PNEUMONIA": 0.9}, True, 0.5, "PNEUMONIA"
+                )
+            ],
+            [image],
+            True,
+        )
+    )
+    ai_path = tmp_path / "ai-sr.dcm"
+    ai_sr.save_as(ai_path, enforce_file_format=True)
+    with db.session() as session:
+        study_uid = seed_study(session, register(session), [0.9])
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        export = session.scalar(select(SrExport).where(SrExport.study_id == study.id))
+        export.path = str(ai_path)
+        export.sr_sop_instance_uid = str(ai_sr.SOPInstanceUID)
+    url = f"/api/studies/{study_uid}/feedback"
+    assert (
+        client.post(url, json={"verdict": "disagree", "comment": "atelectasis"}, auth=ALICE).status_code
+        == 201
+    )
+    assert client.post(url, json={"verdict": "agree"}, auth=ALICE).status_code == 200
+    with db.session() as session:
+        rows = session.scalars(
+            select(SrExport).where(SrExport.kind == "assessment").order_by(SrExport.id)
+        ).all()
+        paths = [(r.path, r.state, r.destination) for r in rows]
+    assert len(paths) == 2 and {p[1] for p in paths} == {"pending"} and paths[0][2] == "PACS@127.0.0.1:104"
+    first = pydicom.dcmread(paths[0][0])
+    assert first.StudyInstanceUID == ai_sr.StudyInstanceUID and first.SeriesNumber == 9903
+    evidence = first.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai_sr.SOPInstanceUID
+    dump = subprocess.run([binary("dsrdump"), "+Pu", paths[0][0]], capture_output=True, text=True, timeout=60).stdout
+    assert (
+        "Disagree with the AI result" in dump and "atelectasis" in dump and str(ai_sr.SOPInstanceUID) in dump
+    )
+    checked = subprocess.run([binary("dciodvfy"), paths[0][0]], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)
+    assert (
+        "Agree with the AI result"
+        in subprocess.run([binary("dsrdump"), paths[1][0]], capture_output=True, text=True, timeout=60).stdout
+    )
+    # The study's SR is still the AI result, not the assessment.
+    assert client.get(f"/api/studies/{study_uid}", auth=ALICE).json()["sr"]["kind"] == "analysed"

@@ -324,6 +324,10 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
             return 404
         except ValueError:
             return 422
+        if settings.web_assessment_sr:
+            from cxrtriage.web.assessment import record_assessment
+
+            record_assessment(session, settings, study_uid, user.username, verdict, comment, client)
         session.commit()  # visible to the page the browser is redirected to
         return 201 if first else 200
 
