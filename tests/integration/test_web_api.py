@@ -596,7 +596,9 @@ def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
     assert first.StudyInstanceUID == ai_sr.StudyInstanceUID and first.SeriesNumber == 9903
     evidence = first.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai_sr.SOPInstanceUID
-    dump = subprocess.run([binary("dsrdump"), "+Pu", paths[0][0]], capture_output=True, text=True, timeout=60).stdout
+    dump = subprocess.run(
+        [binary("dsrdump"), "+Pu", paths[0][0]], capture_output=True, text=True, timeout=60
+    ).stdout
     assert (
         "Disagree with the AI result" in dump and "atelectasis" in dump and str(ai_sr.SOPInstanceUID) in dump
     )
