@@ -476,6 +476,10 @@ def test_metrics_and_logs_carry_no_patient_data(env, caplog) -> None:
     assert 'cxrtriage_feedback_total{model_version="1.0.0",verdict="agree"} 1.0' in metrics
     assert 'cxrtriage_sr_exports{kind="analysed",state="not_configured"} 1.0' in metrics
     assert_no_patient_data(metrics, "/metrics")
+    with env["db"].session() as session:  # patient text is escaped, never markup
+        seed_study(session, mv, [0.99], details={"patient_name": "<script>alert(1)</script>"})
+    page = client.get("/")
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)" in page.text
     assert_no_patient_data(caplog.text, "the review app's logs")
 
 

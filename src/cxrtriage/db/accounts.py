@@ -94,6 +94,7 @@ def _digest(token: str) -> str:
 def open_session(session: Session, user: User, hours: float) -> tuple[str, str]:
     """A new browser session: returns (cookie token, CSRF token). Only the token's hash is kept."""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    session.execute(delete(WebSession).where(WebSession.expires_at < utcnow()))  # tidy up expired ones
     session.add(WebSession(token_sha256=_digest(token), user_id=user.id, csrf_token=csrf,
                            expires_at=utcnow() + timedelta(hours=hours)))
     return token, csrf

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -210,9 +211,15 @@ def studies_without_details(session: Session, study_uids: list[str]) -> list[tup
 
 
 def record_details(session: Session, study_id: int, **values: str) -> None:
-    if session.get(StudyDetails, study_id) is None:
-        session.add(StudyDetails(study_id=study_id, **{k: (values.get(k) or "")[:256]
-                                                     for k in DETAIL_FIELDS}))
+    """Once per study; two page views racing to record the same study both succeed."""
+    if session.get(StudyDetails, study_id) is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(StudyDetails(study_id=study_id, **{k: (values.get(k) or "")[:256]
+                                                         for k in DETAIL_FIELDS}))
+    except IntegrityError:
+        pass  # recorded meanwhile by another request
 
 
 # --- one study -------------------------------------------------------------------------------
