@@ -106,16 +106,21 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
     wait_for(lambda: api(web_port, "/api/worklist") == [], 90, "the review app", interval=0.5)
     wait_for(lambda: echoscu(service.port), 90, "the receiver's C-ECHO", interval=0.5)
 
-    normal_uid, pneumonia_uid = generate_uid(), generate_uid()
-    dcmsend(service.port, write_study(tmp_path / "normal", [radiograph(normal_uid, "normal-1")]))
-    dcmsend(service.port, write_study(tmp_path / "pneumonia", [radiograph(pneumonia_uid, "pneumonia-1")]))
+    normal_uid, pneumonia_uid, lateral_uid = generate_uid(), generate_uid(), generate_uid()
+    sent = {  # the normal study first: the flagged one must still come first
+        normal_uid: radiograph(normal_uid, "normal-1", StudyDescription="XR CHEST AP"),
+        pneumonia_uid: radiograph(pneumonia_uid, "pneumonia-1", StudyDescription="XR CHEST AP"),
+        lateral_uid: radiograph(lateral_uid, "normal-2", ViewPosition="LL", StudyDescription="XR CHEST LAT"),
+    }
+    for uid, ds in sent.items():
+        dcmsend(service.port, write_study(tmp_path / uid, [ds]))
     wait_for(
         lambda: (
-            {i["study_uid"] for i in api(web_port, "/api/worklist") if i["state"] == "done"}
-            == {normal_uid, pneumonia_uid}
+            {i["study_uid"]: i["state"] for i in api(web_port, "/api/worklist")}
+            == {normal_uid: "done", pneumonia_uid: "done", lateral_uid: "skipped"}
         ),
         180,
-        "both studies analysed",
+        "all three studies read",
         interval=0.5,
     )
 
@@ -135,8 +140,9 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
         driver.find_element(By.ID, "sign-in").click()
         wait.until(ec.presence_of_element_located((By.ID, "worklist")))
         rows = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
-        assert [r.get_attribute("data-study-uid") for r in rows] == [pneumonia_uid, normal_uid]
+        assert [r.get_attribute("data-study-uid") for r in rows] == [pneumonia_uid, normal_uid, lateral_uid]
         assert "FLAGGED" in rows[0].text and "FLAGGED" not in rows[1].text
+        assert "no frontal chest radiograph" in rows[2].text  # not analysed, listed last with its reason
         assert "SENTINELNAME" in rows[0].text  # the patient's name, to find them in the PACS
         if shots:
             driver.save_screenshot(str(shots / "worklist.png"))
@@ -177,10 +183,12 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
         )
         cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
         assert cells[1:3] == ["2", "1"]  # studies read, flagged
+        assert cells[4].startswith("1 (33%)")  # not analysed
         assert cells[5:7] == ["1", "1"]  # feedback, agree
         assert cells[9] == "100%"  # PPV among flagged with feedback
         assert len(driver.find_elements(By.CSS_SELECTOR, ".dashboard-figure svg")) == 1
         if shots:
+            driver.set_window_size(1500, 1650)  # the whole dashboard
             driver.save_screenshot(str(shots / "dashboard.png"))
         assert api(web_port, "/api/worklist")[0]["verdict"] == "agree"
     except BaseException:
