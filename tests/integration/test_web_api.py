@@ -615,3 +615,28 @@ def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
     )
     # The study's SR is still the AI result, not the assessment.
     assert client.get(f"/api/studies/{study_uid}", auth=ALICE).json()["sr"]["kind"] == "analysed"
+
+
+def test_heatmap_computed_when_the_worker_stored_none(env, tiny_package) -> None:
+    """With CXRTRIAGE_HEATMAPS off the worker stores no Grad-CAM image; the app computes the map
+    with the same weights (never with other weights) and overlays it."""
+    from cxrtriage.db.results import register_model
+    from cxrtriage.models.package import read_manifest
+
+    client = env["client"]
+    manifest = read_manifest(tiny_package)
+    files = write_study(env["tmp"] / "incoming", [radiograph()])
+    with env["db"].session() as session:
+        same = register_model(session, manifest.model_info(), {"flag_label": "PNEUMONIA", "threshold": 0.5})
+        study = seed_study(session, same, [0.7], paths=[str(files[0])])
+        other = seed_study(session, register(session, "9.9.9"), [0.7], paths=[str(files[0])])
+    login(client, "alice")
+    image = client.get(f"/api/studies/{study}").json()["images"][0]
+    assert image["heatmap_url"]
+    overlay = client.get(image["heatmap_url"])
+    assert overlay.status_code == 200
+    rgba = np.asarray(Image.open(BytesIO(overlay.content)))
+    assert rgba.shape == (1024, 1024, 4) and rgba[..., 3].max() > 50
+    assert client.get(f"/api/studies/{other}").json()["images"][0]["heatmap_url"] is None
+    sop = client.get(f"/api/studies/{other}").json()["images"][0]["sop_instance_uid"]
+    assert client.get(f"/studies/{other}/images/{sop}/heatmap.png").status_code == 404

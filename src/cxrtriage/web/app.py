@@ -195,7 +195,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return JSONResponse(data["items"], headers={"X-Total-Count": str(data["total"])})
 
     def _study(request: Request, study_uid: str, user: Principal, session: Session) -> dict[str, Any] | None:
-        data = views.study_view(session, study_uid, user.id, settings.web_viewer_url)
+        data = views.study_view(session, study_uid, user.id, settings.web_viewer_url,
+                                request.app.state.try_image.weights_sha256)
         if data is not None:
             audit(session, "study_view", user.username, study_uid, client_of(request))
             session.commit()
@@ -221,7 +222,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     @protected.get("/studies/{study_uid}/images/{sop_uid}.png")
     def image_png(study_uid: str, sop_uid: str, session: Session = Depends(get_session)) -> Response:  # noqa: B008
-        path, _ = views.instance_paths(session, study_uid, sop_uid)
+        path, _, _ = views.instance_paths(session, study_uid, sop_uid)
         if path is None:
             return Response(status_code=404)
         try:
@@ -230,12 +231,16 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
             return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @protected.get("/studies/{study_uid}/images/{sop_uid}/heatmap.png")
-    def heatmap_png(study_uid: str, sop_uid: str, session: Session = Depends(get_session)) -> Response:  # noqa: B008
-        _, heatmap = views.instance_paths(session, study_uid, sop_uid)
-        if heatmap is None:
-            return Response(status_code=404)
+    def heatmap_png(request: Request, study_uid: str, sop_uid: str,
+                    session: Session = Depends(get_session)) -> Response:  # noqa: B008
+        path, heatmap, sha = views.instance_paths(session, study_uid, sop_uid)
+        live: TryImage = request.app.state.try_image
         try:
-            return Response(render_heatmap(heatmap), media_type="image/png")
+            if heatmap is not None:
+                return Response(render_heatmap(heatmap), media_type="image/png")
+            if path is not None and sha and sha == live.weights_sha256:  # the same weights, so the same map
+                return Response(live.heatmap(path), media_type="image/png")
+            return Response(status_code=404)
         except InvalidInputError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
 

@@ -90,6 +90,7 @@ class TryImage:
     def __init__(self, package: Path) -> None:
         self.package = package
         self._classifier: Any = None
+        self._sha: str | None = None
         self._lock = threading.Lock()
 
     def classifier(self) -> Any:
@@ -99,6 +100,35 @@ class TryImage:
 
                 self._classifier = Classifier(self.package)
             return self._classifier
+
+    @property
+    def weights_sha256(self) -> str:
+        """The weights this app can compute Grad-CAM maps with (from the manifest, no loading)."""
+        if self._sha is None:
+            try:
+                from cxrtriage.models.package import read_manifest
+
+                self._sha = read_manifest(self.package).weights_sha256
+            except Exception:  # no usable package: maps are then only those the worker stored
+                self._sha = ""
+        return self._sha
+
+    def heatmap(self, path: str, size: int = DISPLAY_SIZE) -> bytes:
+        """Grad-CAM of a stored image, computed now (when the worker stored none)."""
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidInputError("the stored image file is missing")
+        return self._heatmap(str(file), file.stat().st_mtime, size)
+
+    @lru_cache(maxsize=16)  # noqa: B019 - one TryImage per app, kept for the app's life
+    def _heatmap(self, path: str, _mtime: float, size: int) -> bytes:
+        from cxrtriage.models.gradcam import gradcam
+
+        classifier = self.classifier()
+        image = fit_to_square(dataset_to_gray(read_dataset(path)), classifier.manifest.input_size)
+        with self._lock:
+            cam = gradcam(classifier, image)
+        return heat_rgba(cam, size)
 
     def run(self, data: bytes, filename: str) -> dict[str, Any]:
         from cxrtriage.dicom.gating import gate_image

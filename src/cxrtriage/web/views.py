@@ -132,7 +132,10 @@ def _heatmap_paths(session: Session, study: Study) -> dict[str, str]:
     return out
 
 
-def study_view(session: Session, study_uid: str, user_id: int, viewer_template: str) -> dict[str, Any] | None:
+def study_view(session: Session, study_uid: str, user_id: int, viewer_template: str,
+               live_sha256: str = "") -> dict[str, Any] | None:
+    """`live_sha256`: weights the app can compute Grad-CAM with, for results whose worker stored
+    no heatmap (CXRTRIAGE_HEATMAPS off)."""
     study = find_study(session, study_uid)
     if study is None:
         return None
@@ -140,13 +143,15 @@ def study_view(session: Session, study_uid: str, user_id: int, viewer_template: 
     details = study_view_details(session, study)
     version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
     heatmaps = _heatmap_paths(session, study)
+    live = bool(version and live_sha256 and version.weights_sha256 == live_sha256)
     images = []
     base = f"/studies/{quote(study_uid)}/images"
     for image in study_images(session, study):
         uid = image.pop("sop_instance_uid")
         image.pop("path")
         images.append({"sop_instance_uid": uid, **image, "image_url": f"{base}/{quote(uid)}.png",
-                       "heatmap_url": f"{base}/{quote(uid)}/heatmap.png" if uid in heatmaps else None})
+                       "heatmap_url": f"{base}/{quote(uid)}/heatmap.png"
+                       if uid in heatmaps or (live and image["probabilities"]) else None})
     export = latest_export(session, study.id)
     feedback = study_feedback(session, study)
     mine = next((f for f in feedback if f["username"] == _username(session, user_id)), None)
@@ -182,18 +187,22 @@ def study_view_details(session: Session, study: Study) -> dict[str, Any]:
     return {k: getattr(details, k) if details else "" for k in fields}
 
 
-def instance_paths(session: Session, study_uid: str, sop_uid: str) -> tuple[str | None, str | None]:
-    """(stored image path, stored heatmap path) of one image of the study."""
+def instance_paths(session: Session, study_uid: str, sop_uid: str) -> tuple[str | None, str | None, str]:
+    """(stored image path, stored heatmap path, weights sha256 of the current result) of one
+    image of the study."""
     study = find_study(session, study_uid)
     if study is None:
-        return None, None
+        return None, None, ""
     from cxrtriage.db.models import Instance
 
     instance = session.query(Instance).filter(Instance.study_id == study.id,
                                               Instance.sop_instance_uid == sop_uid).one_or_none()
     if instance is None:
-        return None, None
-    return instance.path, _heatmap_paths(session, study).get(sop_uid)
+        return None, None, ""
+    version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
+    classified = instance.state == "classified"
+    return (instance.path, _heatmap_paths(session, study).get(sop_uid),
+            version.weights_sha256 if version and classified else "")
 
 
 def dashboard_view(session: Session, with_plots: bool = True) -> dict[str, Any]:
