@@ -529,6 +529,8 @@ def test_try_an_image_stores_nothing(env) -> None:
         data={"csrf_token": csrf},
     )
     assert dicom.status_code == 200 and "NORMAL" in dicom.text
+    huge = client.post("/try", content=b"x" * 16, headers={"content-length": str(2**40)})
+    assert huge.status_code == 413
     bad = client.post(
         "/try", files={"file": ("x.png", b"not an image", "image/png")}, data={"csrf_token": csrf}
     )

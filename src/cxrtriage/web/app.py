@@ -90,6 +90,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
+        # Refuse oversized bodies before anything parses them (an upload could otherwise spill
+        # to a temporary file): "try an image" up to its limit, every other request up to 1 MiB.
+        limit = settings.web_max_upload_bytes + 65536 if request.url.path == "/try" else 1 << 20
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > limit:
+            return JSONResponse({"detail": "request body too large"}, status_code=413)
         response: Response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
