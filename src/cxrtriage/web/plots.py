@@ -1,8 +1,12 @@
 """The dashboard's plots, drawn on the server as inline SVG, and the numbers behind them.
 
-Drift is the population stability index (PSI) of each week's score distribution against the
-model version's first two weeks, over ten equal bins of the flag-label probability; 0.1 is the
-customary "watch" level and 0.2 the warning line drawn on the plot."""
+Drift: each week's distribution of the flag-label probability is compared with the model
+version's first two weeks by the two-sample Kolmogorov-Smirnov statistic D. The warning line is
+D's critical value at alpha = 0.01 for the two sample sizes, c * sqrt((n + m) / (n m)) with
+c = 1.628, so a busy week and a quiet week are judged fairly. The population stability index
+(PSI, ten equal bins) is reported beside it; on a few dozen studies a week PSI is noisy (its
+expected value without any drift is about 9 (1/n + 1/m)), which is why it does not raise the
+warning."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import numpy as np
 
 from cxrtriage.db.monitoring import StudyRead, VersionReads
 
-PSI_WARNING = 0.2
+KS_ALPHA = 0.01
+KS_C = 1.628  # c(alpha) for alpha = 0.01
 BASELINE_WEEKS = 2
 BINS = np.linspace(0.0, 1.0, 11)
 
@@ -37,6 +42,22 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def ks_statistic(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov D: the largest gap between the two empirical CDFs."""
+    if len(expected) == 0 or len(actual) == 0:
+        return float("nan")
+    a, b = np.sort(expected), np.sort(actual)
+    values = np.concatenate([a, b])
+    gap = (np.searchsorted(a, values, side="right") / len(a)
+           - np.searchsorted(b, values, side="right") / len(b))
+    return float(np.max(np.abs(gap)))
+
+
+def ks_critical(n: int, m: int) -> float:
+    """D above which the two samples differ at alpha = 0.01."""
+    return KS_C * math.sqrt((n + m) / (n * m)) if n and m else float("nan")
+
+
 def _minutes(delta: timedelta) -> float:
     return delta.total_seconds() / 60.0
 
@@ -51,14 +72,19 @@ def summarise(version: VersionReads) -> dict[str, Any]:
     start = reads[0].result_at if reads else None
     baseline = np.array([r.probability for r in reads if start and r.result_at < start + timedelta(
         weeks=BASELINE_WEEKS)])
-    weekly: list[dict[str, Any]] = [{"week": w, "studies": len(weeks[w]),
-               "positive_rate": sum(r.flagged for r in weeks[w]) / len(weeks[w]),
-               "psi": psi(baseline, np.array([r.probability for r in weeks[w]]))} for w in labels]
+    weekly: list[dict[str, Any]] = []
+    for w in labels:
+        scores = np.array([r.probability for r in weeks[w]])
+        d, critical = ks_statistic(baseline, scores), ks_critical(len(baseline), len(scores))
+        weekly.append({"week": w, "studies": len(weeks[w]),
+                       "positive_rate": sum(r.flagged for r in weeks[w]) / len(weeks[w]),
+                       "ks": d, "ks_critical": critical, "drift": bool(d > critical),
+                       "psi": psi(baseline, scores)})
     to_result = [_minutes(r.result_at - r.received_at) for r in reads]
     to_review = [_minutes(r.first_review_at - r.result_at) for r in reads if r.first_review_at]
     verdicts = Counter(v for r in reads for v in r.verdicts)
     total = len(reads) + version.not_analysed
-    latest_psi = next((w["psi"] for w in reversed(weekly) if not math.isnan(w["psi"])), None)
+    latest = weekly[-1] if weekly else None
     return {
         "weekly": weekly,
         "baseline_positive_rate": (sum(r.flagged for r in reads if start and r.result_at < start + timedelta(
@@ -69,8 +95,10 @@ def summarise(version: VersionReads) -> dict[str, Any]:
         "verdicts": dict(verdicts),
         "not_analysed_rate": version.not_analysed / total if total else None,
         "not_analysed_reasons": version.not_analysed_reasons,
-        "latest_psi": latest_psi,
-        "drift_warning": bool(latest_psi is not None and latest_psi >= PSI_WARNING),
+        "latest_ks": latest["ks"] if latest else None,
+        "latest_ks_critical": latest["ks_critical"] if latest else None,
+        "latest_psi": latest["psi"] if latest else None,
+        "drift_warning": bool(latest and latest["drift"]),
     }
 
 
@@ -146,10 +174,11 @@ def version_figure(version: VersionReads, summary: dict[str, Any]) -> str:
     ax.set_ylabel("minutes")
     ax.set_title("Turnaround")
     ax = axes[1, 1]
-    psis = [w["psi"] for w in weekly]
-    ax.plot(x, psis, marker="o", color="#8172b2", label="PSI vs first weeks")
-    ax.axhline(PSI_WARNING, color="#c44e52", linestyle="--", label=f"warning ({PSI_WARNING})")
-    ax.set_title("Drift of the score distribution (PSI)")
+    ax.plot(x, [w["ks"] for w in weekly], marker="o", color="#8172b2", label="KS D vs first 2 weeks")
+    ax.step(x, [w["ks_critical"] for w in weekly], where="mid", color="#c44e52", linestyle="--",
+            label=f"warning (critical D, alpha {KS_ALPHA})")
+    ax.set_ylim(0, 1)
+    ax.set_title("Drift of the score distribution (KS)")
     ax.set_xticks(x, weeks, rotation=45, ha="right", fontsize=7)
     ax.legend(fontsize=7)
     ax = axes[1, 2]
