@@ -88,6 +88,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_package: Path) -> I
         model=tiny_package,
         web_escalation_minutes=60,
         web_login_attempts=3,
+        web_viewer_url="https://pacs.example/viewer?StudyInstanceUIDs={study_uid}",
     )
     db = Database(url)
     app = create_app(settings, db)
@@ -371,6 +372,7 @@ def test_feedback_replace_and_history(env) -> None:
     assert client.get("/api/worklist", auth=ALICE).json()[0]["verdict"] == "disagree"
     study_json = client.get(f"/api/studies/{study}", auth=ALICE).json()
     assert study_json["my_verdict"] == "disagree" and study_json["has_result"] is True
+    assert study_json["viewer_url"] == f"https://pacs.example/viewer?StudyInstanceUIDs={study}"
 
     # The audit log is append-only in the database itself.
     with pytest.raises(DatabaseError, match="append-only"), env["db"].session() as session:
