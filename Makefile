@@ -2,7 +2,8 @@
 # Both install what is missing first: Debian packages (apt-get) and a virtual environment.
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl libgdcm-tools
+APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl libgdcm-tools chromium \
+                chromium-driver
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
@@ -20,6 +21,7 @@ system-deps:
 	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null \
 	   || ! command -v redis-server >/dev/null || ! command -v dciodvfy >/dev/null \
 	   || ! command -v openssl >/dev/null || ! command -v gdcmconv >/dev/null \
+	   || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
 	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \

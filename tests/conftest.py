@@ -31,7 +31,8 @@ class Service:
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.env = {"CXRTRIAGE_PORT": str(self.port), "CXRTRIAGE_STUDY_QUIET_SECONDS": "1",
+        self.env = {"CXRTRIAGE_PORT": str(self.port), "CXRTRIAGE_WEB_PORT": str(free_port()),
+                    "CXRTRIAGE_STUDY_QUIET_SECONDS": "1",
                     "CXRTRIAGE_SWEEP_INTERVAL_SECONDS": "0.2", "CXRTRIAGE_SR_RETRY_BASE_SECONDS": "0.5",
                     "PYTHONUNBUFFERED": "1", **env}
         self.procs: list[Proc] = []

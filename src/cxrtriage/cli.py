@@ -145,10 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
           f"(database {settings.database_url}, model {settings.model})", flush=True)
+    print(f"review app on http://{settings.web_host}:{settings.web_port}/", flush=True)
     return supervise({"receiver": ["receiver"],
                       "worker": ["worker", "--pool", "solo", "--queues", "studies"],
                       "exporter": ["worker", "--pool", "threads", "--queues", "exports",
-                                   "--concurrency", str(settings.export_concurrency)]})
+                                   "--concurrency", str(settings.export_concurrency)],
+                      "web": ["web"]})
 
 
 def cmd_exports(args: argparse.Namespace) -> int:
@@ -172,11 +174,55 @@ def cmd_exports(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"counts": counts, "exports": rows}, indent=2, default=str))
         return 0
-    from cxrtriage.tables import format_table
-
     print(", ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "no exports")
     print(format_table(rows, ["id", "study_uid", "kind", "state", "attempts", "sends",
                               "next_attempt_at", "last_error"]))
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from cxrtriage.web.server import serve
+
+    serve(_settings(args))
+    return 0
+
+
+def _read_password(prompt: str) -> str:
+    """From a terminal, asked twice without echo; otherwise the first line of standard input."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass(prompt)
+        if first != getpass.getpass("again: "):
+            raise CxrTriageError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from cxrtriage.db import accounts
+    from cxrtriage.db.session import Database, upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            if args.users_command == "add":
+                accounts.add_user(session, args.name, _read_password("password: "), args.role)
+                print(f"user {args.name} added ({args.role})")
+            elif args.users_command == "passwd":
+                accounts.set_password(session, args.name, _read_password("new password: "))
+                print(f"password of {args.name} changed; their sessions are closed")
+            elif args.users_command == "disable":
+                accounts.disable_user(session, args.name)
+                print(f"user {args.name} disabled; their sessions are closed")
+            else:
+                rows = [{"name": u.username, "role": u.role, "active": u.active, "created_at": u.created_at}
+                        for u in accounts.list_users(session)]
+                print(format_table(rows, ["name", "role", "active", "created_at"]))
+    except accounts.AccountError as exc:
+        raise CxrTriageError(str(exc)) from exc
     return 0
 
 
@@ -274,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("serve", cmd_serve, "receiver, scheduler and worker in one process tree (embedded defaults)")
+    add("serve", cmd_serve, "receiver, scheduler, worker and review app in one process tree")
     p = add("receiver", cmd_receiver, "the DICOM receiver (C-ECHO, C-STORE) with its scheduler")
     p.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler thread")
     add("scheduler", cmd_scheduler, "the scheduler alone: queues quiet studies, retries, nightly jobs")
@@ -332,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--state", dest="state", choices=["pending", "sent", "failed", "not_configured"])
     group.add_argument("--all", action="store_true", help="every export")
     add("reprocess", cmd_reprocess, "queue finished studies not yet read by the current model")
+    add("web", cmd_web, "the review app alone (CXRTRIAGE_WEB_HOST, CXRTRIAGE_WEB_PORT)")
+    users = add("users", cmd_users, "review app accounts")
+    usersub = users.add_subparsers(dest="users_command", required=True)
+    p = usersub.add_parser("add", help="add a user; the password is read from standard input")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["radiologist", "admin"], required=True)
+    usersub.add_parser("list", help="list users")
+    p = usersub.add_parser("disable", help="disable a user and close their sessions")
+    p.add_argument("name")
+    p = usersub.add_parser("passwd", help="set a new password, read from standard input")
+    p.add_argument("name")
     return parser
 
 

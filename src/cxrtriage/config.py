@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1)
     nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)
     log_format: Literal["json", "text"] = "json"
+    # review app (cxrtriage web)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=1, le=65535)
+    web_viewer_url: str = ""  # e.g. https://pacs/viewer?StudyInstanceUIDs={study_uid}
+    web_escalation_minutes: float = Field(120.0, gt=0)  # unreviewed this long: moves up the worklist
+    web_session_hours: float = Field(12.0, gt=0)
+    web_login_attempts: int = Field(5, ge=1)  # failed sign-ins per name or client ...
+    web_login_window_seconds: float = Field(300.0, gt=0)  # ... within this window
+    web_forwarded_allow_ips: str = "127.0.0.1"  # reverse proxies trusted for X-Forwarded-Proto/For
+    web_max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    web_assessment_sr: bool = False  # each verdict also goes to the PACS as an assessment SR (AIRA-like)
     log_level: str = "INFO"
 
     @field_validator("ae_title", "sr_calling_ae")

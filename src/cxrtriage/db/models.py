@@ -170,3 +170,69 @@ class SrExportAttempt(Base):
     resend: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the peer's C-STORE status
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- review app (issue 9): accounts, sessions, feedback, audit log, study details ---
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))  # radiologist | admin
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser. Only the token's sha256 is stored, so a database dump signs no one in."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class Feedback(Base):
+    """A user's current verdict on a study's result (the study as read by one model version)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("study_id", "model_version_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    verdict: Mapped[str] = mapped_column(String(16))  # agree | disagree | uncertain
+    comment: Mapped[str] = mapped_column(Text, default="")
+    flagged: Mapped[bool] = mapped_column(Boolean)  # the result's flag when the verdict was given
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only (database triggers refuse UPDATE and DELETE): who did what, when. UIDs only."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client: Mapped[str] = mapped_column(String(64), default="")
+
+
+class StudyDetails(Base):
+    """What a radiologist needs to find the patient, read from the stored header on first view."""
+
+    __tablename__ = "study_details"
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(256), default="")

@@ -1,0 +1,1 @@
+"""The review app for radiologists (FastAPI, Jinja2, uvicorn)."""

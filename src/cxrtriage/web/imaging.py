@@ -1,0 +1,157 @@
+"""Pictures for the browser, rendered on the server with the model's own grayscale pipeline
+(modality LUT, VOI, MONOCHROME1 inversion) and square framing, so the Grad-CAM map, computed on
+that frame, lines up with the image exactly."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cxrtriage.dicom.preprocess import dataset_to_gray, fit_to_square, image_file_to_gray
+from cxrtriage.dicom.reading import read_dataset
+from cxrtriage.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+DISPLAY_SIZE = 1024
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def gray_png(gray: np.ndarray) -> bytes:
+    return _png((np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+
+@lru_cache(maxsize=32)
+def _render(path: str, _mtime: float, size: int) -> bytes:
+    return gray_png(fit_to_square(dataset_to_gray(read_dataset(path)), size))
+
+
+def render_instance(path: str, size: int = DISPLAY_SIZE) -> bytes:
+    """A stored image as PNG, framed as the model sees it (longer side `size`, padded square)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError("the stored image file is missing")
+    return _render(str(file), file.stat().st_mtime, size)
+
+
+def cam_from_overlay(rgb: np.ndarray) -> np.ndarray:
+    """Recover the [0, 1] Grad-CAM map from the worker's blended overlay, which keeps
+    red = g(1 - c/2) + 255 c/2 and green = g(1 - c/2); so red - green = 255 c / 2."""
+    diff = rgb[..., 0].astype(np.float32) - rgb[..., 1].astype(np.float32)
+    return np.clip(diff / 127.5, 0.0, 1.0)
+
+
+def heat_rgba(cam: np.ndarray, size: int = DISPLAY_SIZE) -> bytes:
+    """A transparent PNG: the map in a warm colour scale, transparent where it is cold."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["jet"](cam)  # [H, W, 4] floats
+    colours[..., 3] = np.clip((cam - 0.15) / 0.85, 0.0, 1.0) * 0.6
+    image = Image.fromarray((colours * 255).round().astype(np.uint8), mode="RGBA")
+    return _png(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)))
+
+
+@lru_cache(maxsize=32)
+def _heat_from_file(path: str, _mtime: float, size: int) -> bytes:
+    ds = read_dataset(path)
+    rgb = np.asarray(ds.pixel_array)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise InvalidInputError(f"heatmap image must be RGB, got shape {rgb.shape}")
+    return heat_rgba(cam_from_overlay(rgb), size)
+
+
+def render_heatmap(path: str, size: int = DISPLAY_SIZE) -> bytes:
+    """The stored Grad-CAM Secondary Capture as a transparent overlay PNG."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError("the stored heatmap file is missing")
+    return _heat_from_file(str(file), file.stat().st_mtime, size)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+class TryImage:
+    """Classify an uploaded file in memory: nothing is written to disk or the database."""
+
+    def __init__(self, package: Path) -> None:
+        self.package = package
+        self._classifier: Any = None
+        self._sha: str | None = None
+        self._lock = threading.Lock()
+
+    def classifier(self) -> Any:
+        with self._lock:
+            if self._classifier is None:
+                from cxrtriage.models.inference import Classifier
+
+                self._classifier = Classifier(self.package)
+            return self._classifier
+
+    @property
+    def weights_sha256(self) -> str:
+        """The weights this app can compute Grad-CAM maps with (from the manifest, no loading)."""
+        if self._sha is None:
+            try:
+                from cxrtriage.models.package import read_manifest
+
+                self._sha = read_manifest(self.package).weights_sha256
+            except Exception:  # no usable package: maps are then only those the worker stored
+                self._sha = ""
+        return self._sha
+
+    def heatmap(self, path: str, size: int = DISPLAY_SIZE) -> bytes:
+        """Grad-CAM of a stored image, computed now (when the worker stored none)."""
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidInputError("the stored image file is missing")
+        return self._heatmap(str(file), file.stat().st_mtime, size)
+
+    @lru_cache(maxsize=16)  # noqa: B019 - one TryImage per app, kept for the app's life
+    def _heatmap(self, path: str, _mtime: float, size: int) -> bytes:
+        from cxrtriage.models.gradcam import gradcam
+
+        classifier = self.classifier()
+        image = fit_to_square(dataset_to_gray(read_dataset(path)), classifier.manifest.input_size)
+        with self._lock:
+            cam = gradcam(classifier, image)
+        return heat_rgba(cam, size)
+
+    def run(self, data: bytes, filename: str) -> dict[str, Any]:
+        from cxrtriage.dicom.gating import gate_image
+        from cxrtriage.models.gradcam import gradcam
+
+        note = ""
+        if len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom")):
+            ds = read_dataset(BytesIO(data))
+            decision = gate_image(ds)
+            note = (f"the worker would not analyse this image: {decision.reason}" if not decision.accepted
+                    else "; ".join(decision.warnings))
+            gray = dataset_to_gray(ds)
+        else:
+            gray = image_file_to_gray(BytesIO(data))  # type: ignore[arg-type]
+        classifier = self.classifier()
+        with self._lock:  # one inference at a time: the model is shared
+            image = fit_to_square(gray, classifier.manifest.input_size)
+            pred = classifier.predict(["upload"], image[np.newaxis])[0]
+            cam = gradcam(classifier, image)
+        m = classifier.manifest
+        return {"model_name": m.name, "model_version": m.version, "flag_label": pred.flag_label,
+                "threshold": pred.threshold, "flagged": pred.flagged,
+                "probability": pred.probabilities[pred.flag_label],
+                "probabilities": pred.probabilities, "note": note,
+                "image": data_uri(gray_png(fit_to_square(gray, 512))),
+                "heatmap": data_uri(heat_rgba(cam, 512))}
