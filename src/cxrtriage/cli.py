@@ -62,13 +62,23 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     tls = None
     if settings.tls_certificate and settings.tls_key and settings.tls_ca:
         tls = server_context(settings.tls_certificate, settings.tls_key, settings.tls_ca)
-    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), DatabaseIndex(db),
-                        limits, access, tls)
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring
+
+    index: Any = DatabaseIndex(db)
+    scheduler_metrics = None
+    if port := metrics_port(args, settings):
+        registry = monitoring.new_registry()
+        index = monitoring.MeteredIndex(index, monitoring.ReceiverMetrics(registry, settings.storage_dir))
+        scheduler_metrics = monitoring.SchedulerMetrics(registry, settings.storage_dir)
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
+    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), index, limits, access, tls)
     stop = _wait_for_signal()
     receiver.start(settings.host, settings.port)
     scheduler = None
     if not args.no_scheduler:
-        scheduler = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
+        scheduler = threading.Thread(target=run_scheduler, args=(settings, stop, scheduler_metrics),
+                                     daemon=True)
         scheduler.start()
     stop.wait()
     receiver.stop()
@@ -78,21 +88,37 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring
     from cxrtriage.worker.app import configure_app
     from cxrtriage.worker.scheduler import run_scheduler
 
     settings = _settings(args)
     configure_app(settings)
-    run_scheduler(settings, _wait_for_signal())
+    metrics = None
+    if port := metrics_port(args, settings):
+        registry = monitoring.new_registry()
+        metrics = monitoring.SchedulerMetrics(registry, settings.storage_dir)
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
+    run_scheduler(settings, _wait_for_signal(), metrics)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring, observe
     from cxrtriage.worker.app import QUEUE, configure_app
 
     settings = _settings(args)
     app = configure_app(settings)
     concurrency = args.concurrency or settings.worker_concurrency
+    if port := metrics_port(args, settings):
+        if args.pool == "prefork":  # tasks would run in children this process cannot see
+            logger.warning("worker metrics count only solo and threads pools; prefork children "
+                           "are not reported")
+        registry = monitoring.new_registry()
+        observe.install(monitoring.WorkerMetrics(registry, settings.storage_dir))
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
     app.worker_main(["worker", f"--pool={args.pool}", f"--concurrency={concurrency}", "-Q", QUEUE,
                      "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"])
     return 0
@@ -108,7 +134,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
           f"(database {settings.database_url}, model {settings.model})", flush=True)
-    return supervise({"receiver": ["receiver"], "worker": ["worker", "--pool", "solo"]})
+    port = settings.metrics_port  # two processes: the receiver on the port, the worker on the next
+    return supervise({"receiver": ["receiver", *(["--metrics-port", str(port)] if port else [])],
+                      "worker": ["worker", "--pool", "solo",
+                                 *(["--metrics-port", str(port + 1)] if port else [])]})
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
@@ -186,22 +215,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reprocess(args: argparse.Namespace) -> int:
-    from cxrtriage.db.session import Database, upgrade
-    from cxrtriage.worker.app import configure_app
-    from cxrtriage.worker.scheduler import reprocess_for_current_model
-
-    settings = _settings(args)
-    upgrade(settings.database_url)
-    configure_app(settings)
-    uids = reprocess_for_current_model(Database(settings.database_url), settings)
-    print(f"{len(uids)} studies queued for reprocessing")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from cxrtriage import cli_ops
+
     parser = argparse.ArgumentParser(prog="cxrtriage", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (also CXRTRIAGE_CONFIG)")
+    parser.add_argument("--version", action=cli_ops.VersionAction,
+                        help="print the package version and the bundled model's name and version")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -212,11 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "receiver, scheduler and worker in one process tree (embedded defaults)")
     p = add("receiver", cmd_receiver, "the DICOM receiver (C-ECHO, C-STORE) with its scheduler")
     p.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler thread")
-    add("scheduler", cmd_scheduler, "the scheduler alone: queues quiet studies, retries, nightly jobs")
+    cli_ops.add_metrics_port(p)
+    p = add("scheduler", cmd_scheduler, "the scheduler alone: queues quiet studies, retries, nightly jobs")
+    cli_ops.add_metrics_port(p)
     p = add("worker", cmd_worker, "a Celery worker that processes studies and sends SRs")
     p.add_argument("--pool", default="solo", choices=["solo", "threads", "prefork"],
                    help="solo or threads on GPU nodes (never fork after CUDA starts)")
     p.add_argument("--concurrency", type=int, default=0)
+    cli_ops.add_metrics_port(p)
     p = add("predict", cmd_predict, "classify DICOM, PNG or JPEG files or folders")
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="model package folder (default: CXRTRIAGE_MODEL)")
@@ -249,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="evaluation")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
     p.add_argument("--training-log", help="history.json of the training run, for curves")
-    add("reprocess", cmd_reprocess, "queue finished studies not yet read by the current model")
+    cli_ops.add_commands(add)
     return parser
 
 

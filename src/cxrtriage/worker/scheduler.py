@@ -2,26 +2,43 @@
 
 Every sweep it queues studies that went quiet, re-dispatches studies whose worker died or whose
 message was lost, dispatches due SR exports, and once a night requeues studies for a new model.
-Several schedulers may run at once: every transition is a conditional update.
+
+Several schedulers may run at once, and that is harmless (each `cxrtriage receiver` runs one
+unless started with --no-scheduler): every study and export transition is a conditional update,
+so a study is queued by one sweep only, and the nightly job takes a lock in the database (a
+unique (job, date) row), so it runs once per night across the deployment. A redundant dispatch
+that slips through (a stale study re-sent by two schedulers) is absorbed by the worker's claim.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from dataclasses import asdict
+import time
 from datetime import date, datetime
 
 from sqlalchemy import update
 
 from cxrtriage.config import Settings
 from cxrtriage.db.models import Study
-from cxrtriage.db.results import due_exports, register_model
+from cxrtriage.db.operations import (
+    ReprocessSelection,
+    claim_run,
+    finish_run,
+    pending_exports,
+    select_for_reprocessing,
+    waiting_counts,
+)
+from cxrtriage.db.results import due_exports
 from cxrtriage.db.session import Database
-from cxrtriage.db.studies import mark_for_reprocessing, queue_quiet_studies, requeue_abandoned
+from cxrtriage.db.studies import queue_quiet_studies, requeue_abandoned
 from cxrtriage.domain import StudyState
-from cxrtriage.models.package import read_manifest
+from cxrtriage.worker.app import QUEUE, app
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
+from cxrtriage.worker.monitoring import SchedulerMetrics
+from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
 
 logger = logging.getLogger(__name__)
 MAX_STUDY_ATTEMPTS = 3
@@ -50,28 +67,82 @@ def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
     return studies, exports
 
 
-def reprocess_for_current_model(db: Database, settings: Settings) -> list[str]:
-    """Queue every finished study not yet read by the configured model."""
-    manifest = read_manifest(settings.model)
+NIGHTLY_JOB = "nightly-reprocess"
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def nightly_reprocess(db: Database, settings: Settings, run_key: str, stop: threading.Event,
+                      metrics: SchedulerMetrics | None = None) -> int | None:
+    """Tonight's reprocessing, run by exactly one scheduler of however many are running: the
+    first to insert the (job, run_key) row holds the lock. None when another scheduler holds it."""
     with db.session() as session:
-        model_id = register_model(session, manifest.model_info(), asdict(manifest))
-        uids = mark_for_reprocessing(session, model_id)
-    for uid in uids:
-        enqueue_study(uid)
-    logger.info("reprocessing queued", extra={"studies": len(uids), "model_version": manifest.version})
-    return uids
+        run_id = claim_run(session, NIGHTLY_JOB, run_key, holder_name())
+    if run_id is None:
+        logger.info("nightly reprocessing held by another scheduler", extra={"run_key": run_key})
+        if metrics:
+            metrics.nightly.labels(outcome="held_elsewhere").inc()
+        return None
+    queued, outcome = 0, "failed"
+    try:
+        model_id, model = serving_model(db, settings)
+        with db.session() as session:
+            uids = select_for_reprocessing(session, ReprocessSelection(not_read_by=(model_id,)))
+        queued = requeue_paced(db, uids, model, Pace.from_settings(settings), stop,
+                               advance=(lambda n: metrics.dispatched.labels(kind="reprocess").inc(n))
+                               if metrics else None)
+        outcome = "stopped" if stop.is_set() else "ran"
+        return queued
+    finally:
+        with db.session() as session:
+            finish_run(session, run_id, queued, outcome)
+        if metrics:
+            metrics.nightly.labels(outcome=outcome).inc()
 
 
-def run_scheduler(settings: Settings, stop: threading.Event) -> None:
+def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
+    """Queue depth from the broker, waiting studies and the export backlog from the database."""
+    with db.session() as session:
+        for state, count in waiting_counts(session).items():
+            metrics.studies_waiting.labels(state=state).set(count)
+        metrics.exports_pending.set(pending_exports(session))
+    with app.connection_for_read() as connection:
+        ok = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
+        metrics.queue_depth.labels(queue=QUEUE).set(ok.message_count)
+
+
+def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
+                  gauge_interval_seconds: float = 5.0) -> None:
     db = Database(settings.database_url)
     last_nightly: date | None = None
+    nightly: threading.Thread | None = None
+    last_gauges = 0.0
     while not stop.is_set():
+        started = time.monotonic()
         try:
-            sweep(db, settings)
+            studies, exports = sweep(db, settings)
+            if metrics:
+                metrics.dispatched.labels(kind="study").inc(len(studies))
+                metrics.dispatched.labels(kind="export").inc(len(exports))
+                if started - last_gauges >= gauge_interval_seconds:
+                    last_gauges = started
+                    refresh_gauges(db, metrics)
             now = datetime.now()
-            if settings.nightly_reprocess_hour == now.hour and last_nightly != now.date():
+            if (settings.nightly_reprocess_hour == now.hour and last_nightly != now.date()
+                    and not (nightly and nightly.is_alive())):
                 last_nightly = now.date()
-                reprocess_for_current_model(db, settings)
+                nightly = threading.Thread(target=nightly_reprocess, name="nightly-reprocess",
+                                           args=(db, settings, now.date().isoformat(), stop, metrics),
+                                           daemon=True)
+                nightly.start()
         except Exception:  # the scheduler must outlive a broker or database outage
             logger.exception("scheduler sweep failed; retrying")
+            if metrics:
+                metrics.sweep_errors.inc()
+        if metrics:
+            metrics.sweep_seconds.observe(time.monotonic() - started)
         stop.wait(settings.sweep_interval_seconds)
+    if nightly is not None:
+        nightly.join(timeout=10)
