@@ -94,11 +94,11 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     states = tuple(s.strip() for item in args.state for s in item.split(",") if s.strip()) or tuple(
         str(s) for s in FINISHED_STATES)
     not_read_by: tuple[int, ...] = ()
-    version = args.not_read_by or serving.version
-    if not args.include_read:
+    if args.not_read_by:  # every registered model of that version (any weights)
         with db.session() as session:
-            not_read_by = tuple(sorted({*model_ids(session, version), *(
-                (serving_id,) if version == serving.version else ())}))
+            not_read_by = model_ids(session, args.not_read_by) or (-1,)
+    elif not args.include_read:  # the serving model itself, identified by its weights
+        not_read_by = (serving_id,)
     try:
         selection = ReprocessSelection(
             not_read_by=not_read_by,
@@ -162,7 +162,8 @@ def add_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> Non
     p = add("reprocess", cmd_reprocess,
             "queue finished studies again for the serving model, paced so daytime traffic keeps priority")
     p.add_argument("--not-read-by", metavar="VERSION",
-                   help="studies no model of this version has read (default: the serving model's)")
+                   help="studies that no registered model of this version string has read "
+                        "(default: studies the serving model, identified by its weights, has not read)")
     p.add_argument("--include-read", action="store_true",
                    help="do not filter on model version (e.g. redo a list of studies)")
     p.add_argument("--since", help="last image received on or after this local date (YYYY-MM-DD)")

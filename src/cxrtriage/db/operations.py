@@ -57,7 +57,8 @@ def _read_by(model_ids: tuple[int, ...]):  # type: ignore[no-untyped-def]
     has_result = exists().where(and_(InferenceResult.instance_id == Instance.id,
                                      Instance.study_id == Study.id,
                                      InferenceResult.model_version_id.in_(model_ids)))
-    return or_(Study.model_version_id.in_(model_ids), has_result)
+    current = and_(Study.model_version_id.is_not(None), Study.model_version_id.in_(model_ids))
+    return or_(current, has_result)  # never NULL, so that NOT(...) keeps unread studies
 
 
 def select_for_reprocessing(session: Session, selection: ReprocessSelection) -> list[str]:
