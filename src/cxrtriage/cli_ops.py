@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -119,8 +121,13 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
                 settings.reprocess_max_queued if args.max_queued is None else args.max_queued)
     from tqdm import tqdm
 
-    with tqdm(total=len(uids), unit="study", desc="reprocessing", disable=not sys.stderr.isatty(),
-              file=sys.stderr) as bar:
+    terminal = sys.stderr.isatty()
+    if terminal:  # one line per study would scroll the bar away; the summary is logged at the end
+        logging.getLogger("cxrtriage.worker.dispatch").setLevel(logging.WARNING)
+    # A terminal that reports no size (a pty without one) would get no bar from tqdm at all.
+    size = shutil.get_terminal_size()
+    with tqdm(total=len(uids), unit="study", desc="reprocessing", disable=not terminal, file=sys.stderr,
+              ncols=size.columns, nrows=size.lines) as bar:
         queued = requeue_paced(db, uids, serving, pace, advance=bar.update, states=states)
     print(f"{queued} studies queued for reprocessing with {target}")
     return 0
