@@ -2,7 +2,7 @@
 # Both install what is missing first: Debian packages (apt-get) and a virtual environment.
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl
+APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl systemd bsdutils
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --upgrade pip "setuptools>=69"  # builds the wheel offline in tests
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -19,7 +19,8 @@ install: $(STAMP)
 system-deps:
 	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null \
 	   || ! command -v redis-server >/dev/null || ! command -v dciodvfy >/dev/null \
-	   || ! command -v openssl >/dev/null \
+	   || ! command -v openssl >/dev/null || ! command -v systemd-analyze >/dev/null \
+	   || ! command -v script >/dev/null \
 	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \
