@@ -109,8 +109,10 @@ def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
             metrics.studies_waiting.labels(state=state).set(count)
         metrics.exports_pending.set(pending_exports(session))
     with app.connection_for_read() as connection:
-        ok = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
-        metrics.queue_depth.labels(queue=QUEUE).set(ok.message_count)
+        # kombu's virtual-transport size (Redis: the list lengths over priority levels; filesystem:
+        # the message files). A passive queue_declare would fail on Redis when the queue is empty.
+        depth = connection.default_channel._size(QUEUE)
+        metrics.queue_depth.labels(queue=QUEUE).set(depth)
 
 
 def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
@@ -126,9 +128,6 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
             if metrics:
                 metrics.dispatched.labels(kind="study").inc(len(studies))
                 metrics.dispatched.labels(kind="export").inc(len(exports))
-                if started - last_gauges >= gauge_interval_seconds:
-                    last_gauges = started
-                    refresh_gauges(db, metrics)
             now = datetime.now()
             if (settings.nightly_reprocess_hour == now.hour and last_nightly != now.date()
                     and not (nightly and nightly.is_alive())):
@@ -143,6 +142,12 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
                 metrics.sweep_errors.inc()
         if metrics:
             metrics.sweep_seconds.observe(time.monotonic() - started)
+            if started - last_gauges >= gauge_interval_seconds:
+                last_gauges = started
+                try:
+                    refresh_gauges(db, metrics)
+                except Exception:  # a gauge left stale never stops the sweeps
+                    logger.warning("metrics refresh failed", exc_info=True)
         stop.wait(settings.sweep_interval_seconds)
     if nightly is not None:
         nightly.join(timeout=10)
