@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kombu.pools
 import pytest
 
 from cxrtriage.config import Settings
@@ -16,9 +17,17 @@ from cxrtriage.worker.scheduler import refresh_gauges
 from tests.servers import LOOPBACK, start_redis
 
 
-@pytest.mark.parametrize("broker", ["filesystem", "redis"])  # Redis last: kombu keeps its pool
+def _forget_broker() -> None:
+    """Drop connections and producers pooled for another broker by an earlier test in this
+    process (a real process configures its broker once)."""
+    app.close()
+    app.amqp._producer_pool = None
+    kombu.pools.reset()
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
 def test_queue_depth_counts_waiting_messages(tmp_path: Path, broker: str) -> None:
-    app.close()  # drop connections pooled for another broker by an earlier test in this process
+    _forget_broker()
     redis = None
     url = "filesystem://"
     if broker == "redis":
@@ -43,6 +52,6 @@ def test_queue_depth_counts_waiting_messages(tmp_path: Path, broker: str) -> Non
         assert depth() == 3
         assert registry.get_sample_value("cxrtriage_scheduler_studies_waiting", {"state": "queued"}) == 0
     finally:
-        app.close()
+        _forget_broker()
         if redis is not None:
             redis.stop()
