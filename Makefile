@@ -3,7 +3,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl libgdcm-tools chromium \
-                chromium-driver
+                chromium-driver systemd bsdutils
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --upgrade pip "setuptools>=69"  # builds the wheel offline in tests
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -22,6 +22,7 @@ system-deps:
 	   || ! command -v redis-server >/dev/null || ! command -v dciodvfy >/dev/null \
 	   || ! command -v openssl >/dev/null || ! command -v gdcmconv >/dev/null \
 	   || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	   || ! command -v systemd-analyze >/dev/null || ! command -v script >/dev/null \
 	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \

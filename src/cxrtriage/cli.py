@@ -98,13 +98,24 @@ def cmd_receiver(args: argparse.Namespace) -> int:
                             heartbeat_seconds=settings.association_liveness_seconds / 4)
     access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers))
     watermark = Watermark(settings.min_free_bytes, settings.max_disk_used_percent)
-    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir),
-                        DatabaseIndex(db, identity), limits, access, tls, watermark)
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring
+
+    index: Any = DatabaseIndex(db, identity)
+    scheduler_metrics = None
+    if port := metrics_port(args, settings):
+        registry = monitoring.new_registry()
+        index = monitoring.MeteredIndex(index, monitoring.ReceiverMetrics(registry, settings.storage_dir))
+        scheduler_metrics = monitoring.SchedulerMetrics(registry, settings.storage_dir)
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
+    receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), index, limits, access, tls,
+                        watermark)
     stop = _wait_for_signal()
     receiver.start(settings.host, settings.port)
     scheduler = None
     if not args.no_scheduler:
-        scheduler = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
+        scheduler = threading.Thread(target=run_scheduler, args=(settings, stop, scheduler_metrics),
+                                     daemon=True)
         scheduler.start()
     stop.wait()
     receiver.stop()
@@ -114,22 +125,38 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring
     from cxrtriage.worker.app import configure_app
     from cxrtriage.worker.scheduler import run_scheduler
 
     settings = _settings(args)
     configure_app(settings)
-    run_scheduler(settings, _wait_for_signal())
+    metrics = None
+    if port := metrics_port(args, settings):
+        registry = monitoring.new_registry()
+        metrics = monitoring.SchedulerMetrics(registry, settings.storage_dir)
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
+    run_scheduler(settings, _wait_for_signal(), metrics)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from cxrtriage.cli_ops import metrics_port
+    from cxrtriage.worker import monitoring, observe
     from cxrtriage.worker.app import EXPORT_QUEUE, QUEUE, configure_app
 
     settings = _settings(args)
     app = configure_app(settings)
     concurrency = args.concurrency or settings.worker_concurrency
     queues = {"studies": QUEUE, "exports": EXPORT_QUEUE, "all": f"{QUEUE},{EXPORT_QUEUE}"}[args.queues]
+    if port := metrics_port(args, settings):
+        if args.pool == "prefork":  # tasks would run in children this process cannot see
+            logger.warning("worker metrics count only solo and threads pools; prefork children "
+                           "are not reported")
+        registry = monitoring.new_registry()
+        observe.install(monitoring.WorkerMetrics(registry, settings.storage_dir))
+        monitoring.serve_metrics(registry, settings.metrics_host, port)
     app.worker_main(["worker", f"--pool={args.pool}", f"--concurrency={concurrency}", "-Q", queues,
                      "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"])
     return 0
@@ -146,10 +173,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
           f"(database {settings.database_url}, model {settings.model})", flush=True)
     print(f"review app on http://{settings.web_host}:{settings.web_port}/", flush=True)
-    return supervise({"receiver": ["receiver"],
-                      "worker": ["worker", "--pool", "solo", "--queues", "studies"],
+    port = settings.metrics_port  # one port per process: receiver, worker, exporter from here up
+
+    def metrics(offset: int) -> list[str]:
+        return ["--metrics-port", str(port + offset)] if port else []
+
+    return supervise({"receiver": ["receiver", *metrics(0)],
+                      "worker": ["worker", "--pool", "solo", "--queues", "studies", *metrics(1)],
                       "exporter": ["worker", "--pool", "threads", "--queues", "exports",
-                                   "--concurrency", str(settings.export_concurrency)],
+                                   "--concurrency", str(settings.export_concurrency), *metrics(2)],
                       "web": ["web"]})
 
 
@@ -297,22 +329,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reprocess(args: argparse.Namespace) -> int:
-    from cxrtriage.db.session import Database, upgrade
-    from cxrtriage.worker.app import configure_app
-    from cxrtriage.worker.scheduler import reprocess_for_current_model
-
-    settings = _settings(args)
-    upgrade(settings.database_url)
-    configure_app(settings)
-    uids = reprocess_for_current_model(Database(settings.database_url), settings)
-    print(f"{len(uids)} studies queued for reprocessing")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from cxrtriage import cli_ops
+
     parser = argparse.ArgumentParser(prog="cxrtriage", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (also CXRTRIAGE_CONFIG)")
+    parser.add_argument("--version", action=cli_ops.VersionAction,
+                        help="print the package version and the bundled model's name and version")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -323,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "receiver, scheduler, worker and review app in one process tree")
     p = add("receiver", cmd_receiver, "the DICOM receiver (C-ECHO, C-STORE) with its scheduler")
     p.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler thread")
-    add("scheduler", cmd_scheduler, "the scheduler alone: queues quiet studies, retries, nightly jobs")
+    cli_ops.add_metrics_port(p)
+    p = add("scheduler", cmd_scheduler, "the scheduler alone: queues quiet studies, retries, nightly jobs")
+    cli_ops.add_metrics_port(p)
     p = add("worker", cmd_worker, "a Celery worker that processes studies and sends SRs")
     p.add_argument("--pool", default="solo", choices=["solo", "threads", "prefork"],
                    help="solo or threads on GPU nodes (never fork after CUDA starts)")
@@ -331,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="all", choices=["all", "studies", "exports"],
                    help="studies (classification), exports (SR sending) or all; run exports in "
                         "their own worker so that a PACS outage never holds up classification")
+    cli_ops.add_metrics_port(p)
     p = add("predict", cmd_predict, "classify DICOM, PNG or JPEG files or folders")
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="model package folder (default: CXRTRIAGE_MODEL)")
@@ -377,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--study", dest="study", help="every export of this StudyInstanceUID")
     group.add_argument("--state", dest="state", choices=["pending", "sent", "failed", "not_configured"])
     group.add_argument("--all", action="store_true", help="every export")
-    add("reprocess", cmd_reprocess, "queue finished studies not yet read by the current model")
+    cli_ops.add_commands(add)
     add("web", cmd_web, "the review app alone (CXRTRIAGE_WEB_HOST, CXRTRIAGE_WEB_PORT)")
     users = add("users", cmd_users, "review app accounts")
     usersub = users.add_subparsers(dest="users_command", required=True)

@@ -84,7 +84,13 @@ class Settings(BaseSettings):
     retention_days: int = Field(0, ge=0)  # 0: keep image files for ever
     export_concurrency: int = Field(4, ge=1)  # threads of the export worker in `serve`
     worker_concurrency: int = Field(1, ge=1)
-    nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)
+    nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)  # local hour; -1 turns the nightly job off
+    # Operations (issue 12). Metrics: a prometheus-client endpoint per process; 0 turns it off.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    reprocess_rate_per_second: float = Field(2.0, gt=0)  # bulk reprocessing: studies queued per second
+    reprocess_max_queued: int = Field(4, ge=0)  # ...and held back while this many are queued (0: no cap)
+    broker_visibility_timeout_seconds: float = Field(7200.0, gt=0)  # Redis: > the longest task
     log_format: Literal["json", "text"] = "json"
     # review app (cxrtriage web)
     web_host: str = "127.0.0.1"

@@ -13,7 +13,7 @@ from tests.factory import SAMPLES
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kermany-subset"
 COMMANDS = [[], ["serve"], ["receiver"], ["scheduler"], ["worker"], ["predict"], ["studies"], ["db"],
-            ["db", "upgrade"], ["train"], ["package"], ["evaluate"], ["reprocess"]]
+            ["db", "upgrade"], ["train"], ["package"], ["evaluate"], ["reprocess"], ["models"]]
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,6 +25,12 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 def test_help(command):
     result = _run(*command, "--help")
     assert result.returncode == 0 and "usage: cxrtriage" in result.stdout
+
+
+def test_version_names_package_and_bundled_model():
+    result = _run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("cxrtriage 0.1.0\nbundled model cxrtriage-pneumonia-resnet18 ")
 
 
 def test_predict_json_and_heatmaps(tmp_path, tiny_package):

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from cxrtriage.config import Settings
 from cxrtriage.db.models import Instance, Series, SrExport, Study, utcnow
+from cxrtriage.db.operations import ReprocessSelection, select_for_reprocessing
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.db.studies import mark_for_reprocessing
 from cxrtriage.domain import ModelInfo
 from cxrtriage.worker.scheduler import apply_retention
 
@@ -58,6 +58,7 @@ def test_retention_purges_only_old_finished_studies(tmp_path):
     with db.session() as session:
         purged = session.scalars(select(Study.study_uid).where(Study.purged_at.is_not(None))).all()
         assert purged == ["1.2.3.1"]
-        requeued = mark_for_reprocessing(session, register_model(session, MODEL, {}) + 1000)
+        model_id = register_model(session, MODEL, {})
+        requeued = select_for_reprocessing(session, ReprocessSelection(not_read_by=(model_id,)))
     assert "1.2.3.1" not in requeued and "1.2.3.2" in requeued
     assert apply_retention(db, settings) == 0, "a purged study is purged once"

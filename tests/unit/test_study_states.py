@@ -7,12 +7,12 @@ import pytest
 
 from cxrtriage.db import ingest
 from cxrtriage.db.models import Base, Study, utcnow
+from cxrtriage.db.operations import ReprocessSelection, requeue_finished, select_for_reprocessing
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import (
     claim_study,
     finish_study,
-    mark_for_reprocessing,
     queue_quiet_studies,
     requeue_abandoned,
 )
@@ -88,7 +88,8 @@ def test_expired_lease_is_redone_and_reprocessing_starts_a_fresh_count(db):
         with db.session() as s:
             info = ModelInfo(f"m{version}", "1", "us", "1.2.3", f"{version:064d}")
             version = register_model(s, info, {})
-            assert mark_for_reprocessing(s, version) == ["1.2.3"]
+            assert select_for_reprocessing(s, ReprocessSelection(not_read_by=(version,))) == ["1.2.3"]
+            assert requeue_finished(s, "1.2.3", ("done",), "reprocessing with a new model version")
             claim = claim_study(s, "1.2.3", 60, 3)
             assert claim.attempt == 1
             assert finish_study(s, claim.study_id, claim.revision, 1, "done", None, False, version)

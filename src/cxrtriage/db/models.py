@@ -236,3 +236,19 @@ class StudyDetails(Base):
     accession_number: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(16), default="")
     study_description: Mapped[str] = mapped_column(String(256), default="")
+
+
+class SchedulerRun(Base):
+    """One run of a scheduled job (the nightly reprocessing). The unique (job, run_key) pair is
+    the lock: of several schedulers, the one whose insert succeeds runs the job; the others skip."""
+
+    __tablename__ = "scheduler_runs"
+    __table_args__ = (UniqueConstraint("job", "run_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(64))
+    run_key: Mapped[str] = mapped_column(String(64))  # e.g. the local date of a nightly run
+    holder: Mapped[str] = mapped_column(String(128))  # host:pid of the scheduler that ran it
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    studies: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(String(32), default="running")

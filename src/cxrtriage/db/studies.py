@@ -124,19 +124,6 @@ def study_instances(session: Session, study_id: int) -> list[Instance]:
                                 .order_by(Instance.id)).all())
 
 
-def mark_for_reprocessing(session: Session, model_version_id: int) -> list[str]:
-    """Finished studies not yet read by this model version go back to queued (nightly job)."""
-    uids = session.scalars(select(Study.study_uid).where(
-        Study.state.in_([StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED]),
-        Study.purged_at.is_(None),  # its images are gone (retention); keep its real SR
-        (Study.model_version_id.is_(None)) | (Study.model_version_id != model_version_id))).all()
-    if uids:
-        session.execute(update(Study).where(Study.study_uid.in_(uids))
-                        .values(state=StudyState.QUEUED, queued_at=utcnow(), attempts=0,
-                                reason="reprocessing with a new model version"))
-    return list(uids)
-
-
 def update_series_states(session: Session, study_id: int) -> None:
     """A series is classified if any of its images was, else it takes its images' common state."""
     for series in session.scalars(select(Series).where(Series.study_id == study_id)).all():

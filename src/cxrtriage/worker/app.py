@@ -19,7 +19,12 @@ app = Celery("cxrtriage", include=["cxrtriage.worker.tasks"])
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url.startswith("filesystem"):
-        return {}
+        # Redis (and SQS) redeliver a message that was taken but not acknowledged within the
+        # visibility timeout. With late acknowledgement a message stays unacknowledged for the
+        # whole task, so the timeout must exceed the longest task, or a healthy long task would be
+        # handed to a second worker. The database claim would absorb that duplicate, but it would
+        # still cost a GPU slot; the default (2 h) is far above a study's seconds.
+        return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
     queue = Path(settings.broker_dir).resolve() / "queue"
     processed = Path(settings.broker_dir).resolve() / "processed"
     control = Path(settings.broker_dir).resolve() / "control"  # not the working directory
@@ -30,20 +35,46 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "store_processed": False}
 
 
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration, each setting with the reason it is there.
+
+    Long GPU tasks, at-least-once delivery, and the database as the source of truth:
+    - task_acks_late: a message is acknowledged only after its study is done, so a worker that
+      dies mid-study leaves the message to be delivered again.
+    - worker_prefetch_multiplier=1: a worker reserves one message at a time; with prefetch, studies
+      would wait behind a busy GPU while another worker sits idle.
+    - visibility_timeout (Redis, see broker_options): longer than the longest task.
+    - task_reject_on_worker_lost: requeues the message when a prefork child is killed. It has no
+      effect on the solo and threads pools that GPU workers use; there the database lease is what
+      recovers a killed worker: the scheduler requeues a study whose lease expired
+      (requeue_abandoned) and fails it after MAX_STUDY_ATTEMPTS claims (fail_exhausted), so the
+      attempt count in the database, not the broker, caps redelivery.
+    - worker_cancel_long_running_tasks_on_connection_loss: when the broker connection drops, the
+      acknowledgement of a running late-ack task cannot be delivered and the broker will redeliver
+      the message anyway; cancelling the task avoids two copies running. Cancelling is safe because
+      tasks are idempotent: a study is claimed with a conditional update, results for one model
+      version replace earlier ones, and an SR with the same UID is exported once.
+    - task_ignore_result: results live in the database; no result backend is needed.
+    - JSON only: task arguments are ids and UIDs, never datasets (and no pickle from the broker).
+    """
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": broker_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
 def configure_app(settings: Settings) -> Celery:
-    app.conf.update(
-        broker_url=settings.broker_url,
-        broker_transport_options=broker_options(settings),
-        broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_ignore_result=True,
-        task_acks_late=True,  # a message is acknowledged only after its study is done
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
+    app.conf.update(celery_settings(settings))
     configure_runtime(settings)
     return app
 

@@ -2,28 +2,44 @@
 
 Every sweep it queues studies that went quiet, re-dispatches studies whose worker died or whose
 message was lost, dispatches due SR exports, and once a night requeues studies for a new model.
-Several schedulers may run at once: every transition is a conditional update.
+
+Several schedulers may run at once, and that is harmless (each `cxrtriage receiver` runs one
+unless started with --no-scheduler): every study and export transition is a conditional update,
+so a study is queued by one sweep only, and the nightly job takes a lock in the database (a
+unique (job, date) row), so it runs once per night across the deployment. A redundant dispatch
+that slips through (a stale study re-sent by two schedulers) is absorbed by the worker's claim.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_exports
 from cxrtriage.db.ingest import expire_associations
-from cxrtriage.db.results import register_model
+from cxrtriage.db.operations import (
+    ReprocessSelection,
+    claim_run,
+    finish_run,
+    pending_exports,
+    select_for_reprocessing,
+    waiting_counts,
+)
 from cxrtriage.db.retention import mark_purged, purge_candidates
 from cxrtriage.db.session import Database
-from cxrtriage.db.studies import mark_for_reprocessing, queue_quiet_studies, requeue_abandoned
+from cxrtriage.db.studies import queue_quiet_studies, requeue_abandoned
 from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.worker.app import QUEUE, app
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
 from cxrtriage.worker.export import dispatch_hold_seconds
+from cxrtriage.worker.monitoring import SchedulerMetrics
+from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
 
 logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -73,34 +89,90 @@ def apply_retention(db: Database, settings: Settings, now: datetime | None = Non
     return marked
 
 
-def reprocess_for_current_model(db: Database, settings: Settings) -> list[str]:
-    """Queue every finished study not yet read by the configured model."""
-    from cxrtriage.models.package import read_manifest  # torch: only when reprocessing
+NIGHTLY_JOB = "nightly-reprocess"
 
-    manifest = read_manifest(settings.model)
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def nightly_reprocess(db: Database, settings: Settings, run_key: str, stop: threading.Event,
+                      metrics: SchedulerMetrics | None = None) -> int | None:
+    """Tonight's reprocessing, run by exactly one scheduler of however many are running: the
+    first to insert the (job, run_key) row holds the lock. None when another scheduler holds it."""
     with db.session() as session:
-        model_id = register_model(session, manifest.model_info(), asdict(manifest))
-        uids = mark_for_reprocessing(session, model_id)
-    for uid in uids:
-        enqueue_study(uid)
-    logger.info("reprocessing queued", extra={"studies": len(uids), "model_version": manifest.version})
-    return uids
+        run_id = claim_run(session, NIGHTLY_JOB, run_key, holder_name())
+    if run_id is None:
+        logger.info("nightly reprocessing held by another scheduler", extra={"run_key": run_key})
+        if metrics:
+            metrics.nightly.labels(outcome="held_elsewhere").inc()
+        return None
+    queued, outcome = 0, "failed"
+    try:
+        model_id, model = serving_model(db, settings)
+        with db.session() as session:
+            uids = select_for_reprocessing(session, ReprocessSelection(not_read_by=(model_id,)))
+        queued = requeue_paced(db, uids, model, Pace.from_settings(settings), stop,
+                               advance=(lambda n: metrics.dispatched.labels(kind="reprocess").inc(n))
+                               if metrics else None)
+        outcome = "stopped" if stop.is_set() else "ran"
+        return queued
+    finally:
+        with db.session() as session:
+            finish_run(session, run_id, queued, outcome)
+        if metrics:
+            metrics.nightly.labels(outcome=outcome).inc()
 
 
-def run_scheduler(settings: Settings, stop: threading.Event) -> None:
+def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
+    """Queue depth from the broker, waiting studies and the export backlog from the database."""
+    with db.session() as session:
+        for state, count in waiting_counts(session).items():
+            metrics.studies_waiting.labels(state=state).set(count)
+        metrics.exports_pending.set(pending_exports(session))
+    with app.connection_for_read() as connection:
+        # kombu's virtual-transport size (Redis: the list lengths over priority levels; filesystem:
+        # the message files). A passive queue_declare would fail on Redis when the queue is empty.
+        depth = connection.default_channel._size(QUEUE)
+        metrics.queue_depth.labels(queue=QUEUE).set(depth)
+
+
+def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
+                  gauge_interval_seconds: float = 5.0) -> None:
     db = Database(settings.database_url)
     last_nightly: date | None = None
-    last_retention = 0.0
+    nightly: threading.Thread | None = None
+    last_gauges = last_retention = 0.0
     while not stop.is_set():
+        started = time.monotonic()
         try:
-            sweep(db, settings)
-            if time.monotonic() - last_retention > RETENTION_INTERVAL_SECONDS:
-                last_retention = time.monotonic()
+            studies, exports = sweep(db, settings)
+            if metrics:
+                metrics.dispatched.labels(kind="study").inc(len(studies))
+                metrics.dispatched.labels(kind="export").inc(len(exports))
+            if started - last_retention > RETENTION_INTERVAL_SECONDS:
+                last_retention = started
                 apply_retention(db, settings)
             now = datetime.now()
-            if settings.nightly_reprocess_hour == now.hour and last_nightly != now.date():
+            if (settings.nightly_reprocess_hour == now.hour and last_nightly != now.date()
+                    and not (nightly and nightly.is_alive())):
                 last_nightly = now.date()
-                reprocess_for_current_model(db, settings)
+                nightly = threading.Thread(target=nightly_reprocess, name="nightly-reprocess",
+                                           args=(db, settings, now.date().isoformat(), stop, metrics),
+                                           daemon=True)
+                nightly.start()
         except Exception:  # the scheduler must outlive a broker or database outage
             logger.exception("scheduler sweep failed; retrying")
+            if metrics:
+                metrics.sweep_errors.inc()
+        if metrics:
+            metrics.sweep_seconds.observe(time.monotonic() - started)
+            if started - last_gauges >= gauge_interval_seconds:
+                last_gauges = started
+                try:
+                    refresh_gauges(db, metrics)
+                except Exception:  # a gauge left stale never stops the sweeps
+                    logger.warning("metrics refresh failed", exc_info=True)
         stop.wait(settings.sweep_interval_seconds)
+    if nightly is not None:
+        nightly.join(timeout=10)
