@@ -56,3 +56,14 @@ def random_package(target: Path, architecture: str = "resnet18", input_size: int
                         threshold=0.5, intended_population={"min_age_years": 1, "max_age_years": 5})
     save_package(target, build_model(architecture, 2), manifest, "# random weights, tests only\n")
     return target
+
+
+def not_analysed_sr(source: Dataset, model: Any, key: str = "test") -> Dataset:
+    """A valid "not analysed" SR of `source`'s study; `key` makes its UID distinct."""
+    from cxrtriage.dicom.sr_header import clean_header
+    from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
+    from cxrtriage.domain import Reason
+
+    uids = report_uids(str(source.StudyInstanceUID), key, model)
+    return build_report(StudyReport(model, "PNEUMONIA", 0.5, [], [clean_header(source)],
+                                    not_analysed_reason=Reason.INTERNAL_ERROR), uids)

@@ -14,13 +14,11 @@ from cxrtriage.db.exports import due_exports
 from cxrtriage.db.models import SrExport, Study
 from cxrtriage.db.results import record_export, register_model
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.dicom.sr_header import clean_header
-from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
 from cxrtriage.dicom.storage import InstanceStore
-from cxrtriage.domain import ModelInfo, Reason
+from cxrtriage.domain import ModelInfo
 from cxrtriage.worker.export import export_sr
 from cxrtriage.worker.runtime import Runtime
-from tests.factory import radiograph
+from tests.factory import not_analysed_sr, radiograph
 from tests.servers import Proc, binary, free_port, port_open, wait_for
 
 MODEL = ModelInfo("m", "1", "cxr-triage", "1.2.826.0.1.3680043.10.1367.9", "ef" * 32)
@@ -33,9 +31,7 @@ def _runtime(tmp_path: Path, destination: str) -> tuple[Runtime, int]:
                         sr_max_attempts=3, sr_retry_base_seconds=0.2)
     rt = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
     ds = radiograph()
-    uids = report_uids(str(ds.StudyInstanceUID), "test", MODEL)
-    sr = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [], [clean_header(ds)],
-                                  not_analysed_reason=Reason.INTERNAL_ERROR), uids)
+    sr = not_analysed_sr(ds, MODEL)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     with rt.db.session() as session:

@@ -20,12 +20,11 @@ from cxrtriage.db.exports import due_exports, retry_exports
 from cxrtriage.db.models import SrExport, SrExportAttempt, Study
 from cxrtriage.db.results import record_export, register_model
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.dicom.sr_writer import StudyReport, build_report
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ModelInfo
 from cxrtriage.worker.export import export_sr
 from cxrtriage.worker.runtime import Runtime
-from tests.factory import radiograph
+from tests.factory import not_analysed_sr, radiograph
 from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, wait_for
 
 MODEL = ModelInfo("m", "1", "cxr-triage", "1.2.826.0.1.3680043.10.1367.9", "ef" * 32)
@@ -43,7 +42,7 @@ def _runtime(tmp_path: Path, destination: str, **settings: object) -> Runtime:
 
 def _add_sr(rt: Runtime, tmp_path: Path, study_uid: str | None = None, n: int = 0) -> int:
     ds = radiograph(study_uid)
-    sr = build_report(StudyReport(MODEL, "PNEUMONIA", 0.5, [], [ds], not_analysed_reason=f"test {n}"))
+    sr = not_analysed_sr(ds, MODEL, f"test {n}")
     path = tmp_path / f"sr-{sr.SOPInstanceUID}.dcm"
     sr.save_as(path, enforce_file_format=True)
     with rt.db.session() as session:
