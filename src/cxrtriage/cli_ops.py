@@ -148,7 +148,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"models": rows}, indent=2, default=str))
         return 0
-    from cxrtriage.tables import format_table
+    from cxrtriage.cli import format_table
 
     for row in rows:
         row["weights"] = row["weights_sha256"][:12]

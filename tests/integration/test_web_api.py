@@ -554,7 +554,8 @@ def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
     from sqlalchemy import select
 
     from cxrtriage.db.models import SrExport, Study
-    from cxrtriage.dicom.sr_writer import StudyReport, build_report
+    from cxrtriage.dicom.sr_header import clean_header
+    from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
     from cxrtriage.domain import ModelInfo, Prediction
     from tests.servers import binary
 
@@ -566,20 +567,11 @@ def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
     client = TestClient(app)
     image = radiograph()
     model = ModelInfo("seed-model", "1.0.0", "tests", "1.2.3", "ab" * 32)
-    ai_sr = build_report(
-        StudyReport(
-            model,
-            "PNEUMONIA",
-            0.5,
-            [
-                Prediction(
-                    str(image.SOPInstanceUID), {"NORMAL": 0.1, "PNEUMONIA": 0.9}, True, 0.5, "PNEUMONIA"
-                )
-            ],
-            [image],
-            True,
-        )
-    )
+    header = clean_header(image)
+    prediction = Prediction(str(image.SOPInstanceUID), {"NORMAL": 0.1, "PNEUMONIA": 0.9}, True, 0.5,
+                            "PNEUMONIA")
+    ai_sr = build_report(StudyReport(model, "PNEUMONIA", 0.5, [prediction], [header], True),
+                         report_uids(str(image.StudyInstanceUID), "ai", model))
     ai_path = tmp_path / "ai-sr.dcm"
     ai_sr.save_as(ai_path, enforce_file_format=True)
     with db.session() as session:

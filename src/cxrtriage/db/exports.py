@@ -15,9 +15,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from cxrtriage.db.models import SrExport, SrExportAttempt, Study, utcnow
-from cxrtriage.domain import ExportState
-
-SR_KINDS = ("analysed", "not_analysed")
+from cxrtriage.domain import SR_KINDS, ExportState
 
 
 @dataclass(frozen=True)

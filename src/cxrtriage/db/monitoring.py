@@ -20,6 +20,7 @@ from cxrtriage.db.models import (
     Study,
 )
 from cxrtriage.db.review import as_utc, flag_probability
+from cxrtriage.domain import ExportKind
 
 
 def _utc(value: datetime) -> datetime:
@@ -79,7 +80,7 @@ def model_stats(session: Session) -> list[dict[str, Any]]:
             flagged_verdicts.setdefault(mv, {})[verdict] = int(n)
     not_analysed = dict(session.execute(
         select(SrExport.model_version_id, func.count(func.distinct(SrExport.study_id)))
-        .where(SrExport.kind == "not_analysed").group_by(SrExport.model_version_id)).all())
+        .where(SrExport.kind == ExportKind.NOT_ANALYSED).group_by(SrExport.model_version_id)).all())
     out = []
     for version in versions(session):
         studies, flagged = counts.get(version.id, (0, 0))
@@ -126,12 +127,13 @@ def version_reads(session: Session) -> list[VersionReads]:
     reasons: dict[int, dict[str, int]] = {}
     not_analysed: dict[int, set[int]] = {}
     for mv, study_id, reason in session.execute(
-            select(SrExport.model_version_id, SrExport.study_id, Study.reason)
-            .join(Study, Study.id == SrExport.study_id).where(SrExport.kind == "not_analysed")).all():
+            select(SrExport.model_version_id, SrExport.study_id, Study.reason_code)
+            .join(Study, Study.id == SrExport.study_id)
+            .where(SrExport.kind == ExportKind.NOT_ANALYSED)).all():
         if study_id in not_analysed.setdefault(mv, set()):
             continue
         not_analysed[mv].add(study_id)
-        key = (reason or "unknown").split(":")[0][:80]
+        key = reason or "unknown"  # a domain.Reason code: a closed set, never file values
         reasons.setdefault(mv, {})[key] = reasons.setdefault(mv, {}).get(key, 0) + 1
     return [VersionReads(v.id, v.name, v.version, v.manifest.get("threshold"), _utc(v.registered_at),
                          sorted(reads.get(v.id, {}).values(), key=lambda r: r.result_at),

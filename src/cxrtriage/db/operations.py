@@ -20,8 +20,7 @@ from cxrtriage.db.models import (
     Study,
     utcnow,
 )
-from cxrtriage.db.results import SR_KINDS
-from cxrtriage.domain import ExportState, StudyState
+from cxrtriage.domain import SR_KINDS, ExportState, StudyState
 
 FINISHED_STATES = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
 WAITING_STATES = (StudyState.RECEIVED, StudyState.QUEUED, StudyState.PROCESSING)

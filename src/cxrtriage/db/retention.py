@@ -13,10 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import Instance, SrExport, Study, utcnow
-from cxrtriage.domain import ExportState, StudyState
+from cxrtriage.domain import ExportKind, ExportState, StudyState
 
 FINAL_STATES = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
-HEATMAP_KIND = "heatmap"
 
 
 def purge_candidates(session: Session, retention_days: int, now: datetime | None = None,
@@ -33,7 +32,7 @@ def purge_candidates(session: Session, retention_days: int, now: datetime | None
                                           .where(Instance.study_id.in_(ids))).all():
         paths[study_id].append(path)
     for study_id, path in session.execute(select(SrExport.study_id, SrExport.path).where(
-            SrExport.study_id.in_(ids), SrExport.kind == HEATMAP_KIND,
+            SrExport.study_id.in_(ids), SrExport.kind == ExportKind.HEATMAP,
             SrExport.state != ExportState.PENDING)).all():
         paths[study_id].append(path)
     return paths

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cxrtriage.dicom.preprocess import dataset_to_gray, fit_to_square, image_file_to_gray
+from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.model_input import fit_to_square, image_file_to_gray
 
 logger = logging.getLogger(__name__)
 DISPLAY_SIZE = 1024
@@ -138,7 +139,7 @@ class TryImage:
         if len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom")):
             ds = read_dataset(BytesIO(data))
             decision = gate_image(ds)
-            note = (f"the worker would not analyse this image: {decision.reason}" if not decision.accepted
+            note = (f"the worker would not analyse this image: {decision.reason.text}" if decision.reason
                     else "; ".join(decision.warnings))
             gray = dataset_to_gray(ds)
         else:

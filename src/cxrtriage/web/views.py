@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import ModelVersion, SrExport, Study
 from cxrtriage.db.monitoring import model_stats, version_reads
-from cxrtriage.db.results import HEATMAP_KIND, latest_export
+from cxrtriage.db.results import latest_export
 from cxrtriage.db.review import (
     VERDICTS,
     WorklistFilter,
@@ -27,7 +27,7 @@ from cxrtriage.db.review import (
 )
 from cxrtriage.dicom.heatmap_writer import heatmap_uids
 from cxrtriage.dicom.reading import read_dataset
-from cxrtriage.domain import ModelInfo
+from cxrtriage.domain import ExportKind, ModelInfo
 from cxrtriage.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _heatmap_paths(session: Session, study: Study) -> dict[str, str]:
         return {}
     info = ModelInfo(version.name, version.version, "", version.device_uid, version.weights_sha256)
     exports = {e.sr_sop_instance_uid: e.path for e in session.query(SrExport).filter(
-        SrExport.study_id == study.id, SrExport.kind == HEATMAP_KIND,
+        SrExport.study_id == study.id, SrExport.kind == ExportKind.HEATMAP,
         SrExport.model_version_id == version.id).all()}
     out = {}
     for image in study_images(session, study):
