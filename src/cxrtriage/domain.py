@@ -29,6 +29,7 @@ class ExportKind(enum.StrEnum):
     ANALYSED = "analysed"
     NOT_ANALYSED = "not_analysed"
     HEATMAP = "heatmap"
+    ASSESSMENT = "assessment"  # a radiologist's verdict on an AI SR (review app); not an AI result
 
 
 SR_KINDS = (ExportKind.ANALYSED, ExportKind.NOT_ANALYSED)

@@ -18,9 +18,10 @@ from cxrtriage.db.results import latest_export, record_export
 from cxrtriage.db.review import audit, find_study
 from cxrtriage.dicom.assessment_sr import Assessment, build_assessment
 from cxrtriage.dicom.storage import InstanceStore
+from cxrtriage.domain import ExportKind
 
 logger = logging.getLogger(__name__)
-KIND = "assessment"
+KIND = ExportKind.ASSESSMENT
 
 
 def record_assessment(session: Session, settings: Settings, study_uid: str, username: str, verdict: str,

@@ -29,7 +29,9 @@ from prometheus_client import (
     start_http_server,
 )
 
-from cxrtriage.dicom.receiver import ReceiverIndex, Rejection, StoredInstance
+from cxrtriage.dicom.receiver import ReceiverIndex
+from cxrtriage.domain import RefusedInstance, StoredInstance
+from cxrtriage.errors import InstanceConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +97,26 @@ class MeteredIndex:
         self.metrics.associations_open.dec()
         self.inner.association_closed(association_id)
 
+    def associations_alive(self, association_ids: list[str]) -> None:
+        self.inner.associations_alive(association_ids)
+
+    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
+        return self.inner.conflicts(study_uid, sop_instance_uid, patient_id)
+
     def instance_stored(self, stored: StoredInstance) -> None:
         try:
             self.inner.instance_stored(stored)
+        except InstanceConflictError:  # refused and counted through instance_rejected
+            raise
         except Exception:  # the receiver answers 0xA700 when indexing fails
             self.metrics.refused.labels(status="0xA700").inc()
             raise
         self.metrics.received.inc()
         self.metrics.received_bytes.inc(stored.size_bytes)
 
-    def instance_rejected(self, rejection: Rejection) -> None:
-        self.metrics.refused.labels(status=f"0x{rejection.status:04X}").inc()
-        self.inner.instance_rejected(rejection)
+    def instance_rejected(self, refused: RefusedInstance) -> None:
+        self.metrics.refused.labels(status=f"0x{refused.status:04X}").inc()
+        self.inner.instance_rejected(refused)
 
 
 class WorkerMetrics:
