@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrtriage.dicom.preprocess import fit_to_square
 from cxrtriage.models.gradcam import gradcam, overlay
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.model_input import fit_to_square
 from cxrtriage.web.imaging import cam_from_overlay
 from tests.factory import sample_pixels
 

@@ -11,9 +11,9 @@ from cxrtriage.config import Settings
 from cxrtriage.db import ingest
 from cxrtriage.db.models import Base, Study, utcnow
 from cxrtriage.db.session import Database
-from cxrtriage.db.studies import claim_study, queue_quiet_studies, requeue_abandoned
+from cxrtriage.db.studies import claim_study, finish_study, queue_quiet_studies, requeue_abandoned
+from cxrtriage.domain import Reason, StoredInstance, StudyState
 from cxrtriage.worker.app import celery_settings
-from cxrtriage.worker.scheduler import MAX_STUDY_ATTEMPTS, fail_exhausted
 
 REDIS = Settings(broker_url="redis://localhost:6379/0", broker_visibility_timeout_seconds=5400)
 
@@ -45,26 +45,29 @@ def test_filesystem_broker_has_no_visibility_timeout(tmp_path) -> None:  # type:
 
 def test_the_attempt_count_in_the_database_caps_redelivery() -> None:
     """A worker killed mid-study (solo pool: the broker cannot tell) leaves its lease to expire;
-    the scheduler hands the study on, and after MAX_STUDY_ATTEMPTS claims fails it, so a
-    redelivered message finds nothing to claim."""
+    the scheduler hands the study on. Past the attempt limit the claim is marked exhausted, the
+    worker records "not analysed" without reading the study again, and a redelivered message
+    then finds nothing to claim."""
+    limit = Settings().study_max_attempts
     db = Database("sqlite://")
     Base.metadata.create_all(db.engine)
     with db.session() as s:
         ingest.open_association(s, "a", "MOD", "127.0.0.1:1")
-        ingest.index_instance(s, association_id="a", study_uid="1.2.3", series_uid="1.2.3.9",
-                              sop_instance_uid="1.2.3.1", sop_class_uid="1.2", modality="DX",
-                              transfer_syntax="1.2.840.10008.1.2.1", path="/x", size_bytes=1)
+        ingest.index_instance(s, StoredInstance("a", "1.2.3", "1.2.3.9", "1.2.3.1", "1.2", "DX",
+                                                "1.2.840.10008.1.2.1", "/x", 1, "aa", "P"))
         ingest.close_association(s, "a")
     with db.session() as s:
         assert queue_quiet_studies(s, 0, now=utcnow() + timedelta(seconds=1)) == ["1.2.3"]
-    for attempt in range(1, MAX_STUDY_ATTEMPTS + 1):
+    for attempt in range(1, limit + 2):
         with db.session() as s:
-            study = claim_study(s, "1.2.3", 0.001)  # the worker dies: its lease expires
-            assert study is not None and study.attempts == attempt
-        with db.session() as s:
-            assert requeue_abandoned(s, 600, now=utcnow() + timedelta(seconds=1)) == ["1.2.3"]
-        fail_exhausted(db)
+            claim = claim_study(s, "1.2.3", 0.001, limit)  # the worker dies: its lease expires
+            assert claim is not None and claim.attempt == attempt
+            assert claim.exhausted is (attempt > limit)
+        if attempt <= limit:
+            with db.session() as s:
+                assert requeue_abandoned(s, 600, now=utcnow() + timedelta(seconds=1)) == ["1.2.3"]
     with db.session() as s:
-        study = s.query(Study).one()
-        assert study.state == "failed" and str(MAX_STUDY_ATTEMPTS) in study.reason
-        assert claim_study(s, "1.2.3", 60) is None, "a redelivered message does nothing"
+        assert finish_study(s, claim.study_id, claim.revision, claim.attempt, StudyState.FAILED,
+                            Reason.ATTEMPTS_EXHAUSTED, None, None)
+        assert s.query(Study).one().reason_code == Reason.ATTEMPTS_EXHAUSTED
+        assert claim_study(s, "1.2.3", 60, limit) is None, "a redelivered message does nothing"
