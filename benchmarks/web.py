@@ -28,6 +28,7 @@ from cxrtriage.config import Settings
 from cxrtriage.db.accounts import add_user
 from cxrtriage.db.models import utcnow
 from cxrtriage.db.session import Database, upgrade
+from cxrtriage.domain import Reason
 
 PASSWORD = "benchmark password"
 
@@ -52,7 +53,7 @@ def seed(db: Database, count: int) -> float:
                 if kind < 0.05:
                     seed_study(session, version, [rng.random()], finished=False, details=details)
                 elif kind < 0.15:
-                    seed_study(session, version, None, reason="no frontal chest radiograph: lateral view",
+                    seed_study(session, version, None, reason=Reason.NO_FRONTAL_CHEST_IMAGE,
                                received_at=received, details=details)
                 else:
                     images = [rng.betavariate(0.6, 2.5) for _ in range(rng.choice((1, 1, 2)))]

@@ -17,7 +17,7 @@ from cxrtriage.db.models import Instance, Study
 from cxrtriage.db.results import record_export, register_model, save_predictions
 from cxrtriage.db.review import record_details
 from cxrtriage.db.studies import claim_study, finish_study, queue_quiet_studies
-from cxrtriage.domain import ModelInfo, Prediction, StudyState
+from cxrtriage.domain import ExportKind, ModelInfo, Prediction, Reason, StoredInstance, StudyState
 
 LABELS = ("NORMAL", "PNEUMONIA")
 
@@ -47,15 +47,8 @@ def index(session: Session, study_uid: str, paths: list[str]) -> list[str]:
         sop = generate_uid()
         index_instance(
             session,
-            association_id="seed",
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_instance_uid=sop,
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
-            modality="DX",
-            transfer_syntax="1.2.840.10008.1.2.1",
-            path=path,
-            size_bytes=1,
+            StoredInstance("seed", study_uid, series_uid, sop, "1.2.840.10008.5.1.4.1.1.1.1", "DX",
+                           "1.2.840.10008.1.2.1", path, 1, sop, "SEEDPATIENT"),
         )
         sops.append(sop)
     return sops
@@ -67,15 +60,15 @@ def read(
     model_version_id: int,
     probabilities: list[float] | None,
     threshold: float = 0.5,
-    reason: str = "",
+    reason: Reason | None = None,
 ) -> None:
     """The worker's steps for a queued study: claim, results, finish, export. No probabilities:
     the study is skipped (not analysed) with `reason`."""
     queue_quiet_studies(session, 0.0)
-    study = claim_study(session, study_uid, 300)
-    assert study is not None, "study was not queued"
+    claim = claim_study(session, study_uid, 300, 3)
+    assert claim is not None, "study was not queued"
     instances = session.scalars(
-        select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+        select(Instance).where(Instance.study_id == claim.study_id).order_by(Instance.id)
     ).all()
     predictions = {}
     if probabilities is not None:
@@ -93,9 +86,9 @@ def read(
     state = StudyState.DONE if predictions else StudyState.SKIPPED
     assert finish_study(
         session,
-        study.id,
-        int(study.claimed_revision or 0),
-        study.attempts,
+        claim.study_id,
+        claim.revision,
+        claim.attempt,
         state,
         reason,
         flagged,
@@ -103,12 +96,12 @@ def read(
     )
     record_export(
         session,
-        study_id=study.id,
+        study_id=claim.study_id,
         model_version_id=model_version_id,
         series_uid=generate_uid(),
         sop_uid=generate_uid(),
         supersedes_uid=None,
-        kind="analysed" if predictions else "not_analysed",
+        kind=ExportKind.ANALYSED if predictions else ExportKind.NOT_ANALYSED,
         path="/nonexistent/sr.dcm",
         destination="",
     )
@@ -120,7 +113,7 @@ def seed_study(
     probabilities: list[float] | None,
     threshold: float = 0.5,
     received_at: datetime | None = None,
-    reason: str = "",
+    reason: Reason | None = None,
     finished: bool = True,
     paths: list[str] | None = None,
     details: dict[str, Any] | None = None,

@@ -24,6 +24,7 @@ from cxrtriage.config import Settings
 from cxrtriage.db.accounts import add_user, disable_user
 from cxrtriage.db.models import utcnow
 from cxrtriage.db.session import Database, upgrade
+from cxrtriage.domain import Reason
 from cxrtriage.web.app import create_app
 from tests.conftest import assert_no_patient_data
 from tests.factory import SAMPLES, SENTINELS, radiograph, write_study
@@ -283,7 +284,7 @@ def test_worklist_order_escalation_and_filters(env) -> None:
         flagged_b = seed_study(session, mv, [0.70], received_at=now - timedelta(minutes=2))
         flagged_a = seed_study(session, mv, [0.30, 0.95], received_at=now - timedelta(minutes=1))
         low_new = seed_study(session, mv, [0.05], received_at=now - timedelta(minutes=1))
-        skipped = seed_study(session, mv, None, reason="no frontal chest radiograph: lateral view")
+        skipped = seed_study(session, mv, None, reason=Reason.NO_FRONTAL_CHEST_IMAGE)
         waiting = seed_study(session, mv, [0.5], finished=False)
         mv2 = register(session, "2.0.0")
         other_version = seed_study(session, mv2, [0.2], received_at=now - timedelta(minutes=3))
@@ -395,7 +396,7 @@ def test_stats_arithmetic(env) -> None:
         v1 = register(session, "1.0.0", threshold=0.5)
         flagged = [seed_study(session, v1, [p]) for p in (0.9, 0.8, 0.6)]
         unflagged = [seed_study(session, v1, [p]) for p in (0.1, 0.2)]
-        seed_study(session, v1, None, reason="no frontal chest radiograph: lateral")
+        seed_study(session, v1, None, reason=Reason.NO_FRONTAL_CHEST_IMAGE)
         v2 = register(session, "2.0.0", threshold=0.5)
         seed_study(session, v2, [0.3])
     fb = {
@@ -458,7 +459,7 @@ def test_metrics_and_logs_carry_no_patient_data(env, caplog) -> None:
     with env["db"].session() as session:
         mv = register(session)
         study = seed_study(session, mv, [0.9, 0.2], paths=[str(p) for p in files])
-        seed_study(session, mv, None, reason="no frontal chest radiograph")
+        seed_study(session, mv, None, reason=Reason.NO_FRONTAL_CHEST_IMAGE)
     csrf = login(client, "alice")
     page = client.get("/")
     assert SENTINELS["PatientName"].split("^")[0] in page.text  # the radiologist sees the patient
