@@ -24,10 +24,11 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text).get((name, tuple(sorted(labels.items()))))
 
 
-def free_port_pair() -> int:
-    """A port P with P+1 free too (`cxrtriage serve` gives the worker the next port)."""
+def free_port_pair(count: int = 2) -> int:
+    """A port P with the next `count - 1` ports free too (`cxrtriage serve` gives its receiver P,
+    its classification worker P+1 and its export worker P+2)."""
     for _ in range(50):
         port = free_port()
-        if port < 65535 and not port_open(port + 1):
+        if port + count <= 65536 and not any(port_open(port + i) for i in range(1, count)):
             return port
-    raise RuntimeError("no two adjacent free ports")
+    raise RuntimeError(f"no {count} adjacent free ports")
