@@ -87,15 +87,27 @@ class MeteredIndex:
 
     def __init__(self, inner: ReceiverIndex, metrics: ReceiverMetrics) -> None:
         self.inner, self.metrics = inner, metrics
+        # The receiver may report one close more than once (released, then connection closed, or
+        # a retried write), so the gauge follows a set of ids rather than counting calls.
+        self._open: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _set_open(self) -> None:
+        self.metrics.associations_open.set(len(self._open))
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
-        self.metrics.associations.inc()
-        self.metrics.associations_open.inc()
         self.inner.association_opened(association_id, calling_ae, peer)
+        with self._lock:
+            if association_id not in self._open:
+                self.metrics.associations.inc()
+                self._open.add(association_id)
+            self._set_open()
 
     def association_closed(self, association_id: str) -> None:
-        self.metrics.associations_open.dec()
         self.inner.association_closed(association_id)
+        with self._lock:
+            self._open.discard(association_id)
+            self._set_open()
 
     def associations_alive(self, association_ids: list[str]) -> None:
         self.inner.associations_alive(association_ids)
