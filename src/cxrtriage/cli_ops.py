@@ -142,9 +142,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     db = Database(settings.database_url)
     with db.session() as session:
         rows = model_summaries(session)
-    serving_sha = _serving_sha(settings)
+    serving = _serving_identity(settings)
     for row in rows:
-        row["serving"] = row["weights_sha256"] == serving_sha
+        row["serving"] = (row["weights_sha256"], row["threshold"]) == serving
     if args.json:
         print(json.dumps({"models": rows}, indent=2, default=str))
         return 0
@@ -158,10 +158,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving_sha(settings: Settings) -> str | None:
+def _serving_identity(settings: Settings) -> tuple[str, float] | None:
+    """The serving package's weights and threshold (a new version may change the threshold alone),
+    read as plain JSON so that this command does not load torch."""
     try:
-        return str(json.loads((Path(settings.model) / "manifest.json").read_text())["weights_sha256"])
-    except (OSError, ValueError, KeyError):
+        manifest = json.loads((Path(settings.model) / "manifest.json").read_text())
+        return str(manifest["weights_sha256"]), float(manifest["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -86,7 +86,7 @@ def test_expired_lease_is_redone_and_reprocessing_starts_a_fresh_count(db):
         assert finish_study(s, claim.study_id, claim.revision, 2, "done", None, False, None)
     for version in range(3):  # three new model versions in a row
         with db.session() as s:
-            info = ModelInfo(f"m{version}", "1", "us", "1.2.3", f"{version:064d}")
+            info = ModelInfo(f"m{version}", "1", "us", f"1.2.3.{version}", f"{version:064d}")
             version = register_model(s, info, {})
             assert select_for_reprocessing(s, ReprocessSelection(not_read_by=(version,))) == ["1.2.3"]
             assert requeue_finished(s, "1.2.3", ("done",), "reprocessing with a new model version")
@@ -137,3 +137,17 @@ def test_resent_sop_instance_uid(db, study, patient, sha, outcome):
         assert (state, revision) == before
     else:
         assert state == "received" and revision == before[1] + 1
+
+
+def test_same_weights_with_a_new_operating_point_is_a_new_model_version(tmp_path):
+    """A new version may change only the threshold; it must read studies again as itself."""
+    from cxrtriage.db.session import upgrade
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade(url)  # the migrations, not create_all: the unique constraint moved in 0006
+    database = Database(url)
+    with database.session() as s:
+        old = register_model(s, ModelInfo("m", "1.1.0", "us", "1.2.3.1", "a" * 64), {"threshold": 0.21})
+        new = register_model(s, ModelInfo("m", "1.2.0", "us", "1.2.3.2", "a" * 64), {"threshold": 0.88})
+        again = register_model(s, ModelInfo("m", "1.2.0", "us", "1.2.3.2", "a" * 64), {"threshold": 0.88})
+    assert old != new == again

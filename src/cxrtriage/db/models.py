@@ -116,8 +116,10 @@ class ModelVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(64))
-    weights_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    device_uid: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # The identity of a model version: it changes with the weights and with the operating point
+    # (threshold, temperature), which a new version may change alone.
+    device_uid: Mapped[str] = mapped_column(String(64), unique=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
 

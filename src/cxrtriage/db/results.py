@@ -12,7 +12,7 @@ from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, ModelInfo, Predi
 
 
 def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
-    existing = session.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == info.weights_sha256))
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.device_uid == info.device_uid))
     if existing is not None:
         return existing.id
     row = ModelVersion(name=info.name, version=info.version, weights_sha256=info.weights_sha256,
