@@ -4,6 +4,7 @@ Also the two counts that end every scenario, and a sender that retries what was 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import ssl
@@ -53,9 +54,9 @@ class Stack:
     exporter: Proc | None = None
     extra: list[Proc] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def db(self) -> Database:
-        return Database(self.db_url)
+        return Database(self.db_url)  # one pool; pre-ping reconnects after a restart
 
     def procs(self) -> list[Proc]:
         found = [self.redis, self.postgres, self.orthanc.proc, self.receiver, self.worker, self.exporter,

@@ -78,8 +78,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         if request.session.testsfailed > failed_before:
             for proc in stack.procs():
                 proc.dump()
+        stack.db.engine.dispose()
         for proc in reversed(stack.procs()):
-            proc.stop()
+            proc.stop(signal.SIGINT if proc.name == "postgres" else signal.SIGTERM)  # fast shutdown
         for proc in stack.procs() + service.procs:
             if proc.name.startswith(("receiver", "worker", "exporter")):
                 assert_no_patient_data(proc.log(), f"the {proc.name} log")
