@@ -4,6 +4,7 @@ Also the two counts that end every scenario, and a sender that retries what was 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import ssl
@@ -52,10 +53,11 @@ class Stack:
     worker: Proc | None = None
     exporter: Proc | None = None
     extra: list[Proc] = field(default_factory=list)
+    tally: dict[str, int] = field(default_factory=dict)  # what the current scenario counted
 
-    @property
+    @functools.cached_property
     def db(self) -> Database:
-        return Database(self.db_url)
+        return Database(self.db_url)  # one pool; pre-ping reconnects after a restart
 
     def procs(self) -> list[Proc]:
         found = [self.redis, self.postgres, self.orthanc.proc, self.receiver, self.worker, self.exporter,
@@ -184,8 +186,12 @@ def check_one_current_sr_each(stack: Stack, study_uids: list[str], timeout: floa
         return True
 
     wait_for(settled, timeout, f"one current SR for each of {len(study_uids)} studies", interval=0.5)
+    at_pacs = 0
     for uid in study_uids:  # and nothing more arrives
-        assert len(current_srs(srs_at_pacs(stack.orthanc, uid))) == 1
+        srs = srs_at_pacs(stack.orthanc, uid)
+        assert len(current_srs(srs)) == 1
+        at_pacs += len(srs)
+    stack.tally.update(studies_sent=len(study_uids), current_srs=len(current), srs_at_pacs=at_pacs)
     return current
 
 
@@ -198,3 +204,4 @@ def check_acknowledged_are_kept(stack: Stack, acked: set[str]) -> None:
     missing_files = [uid for uid, path in rows.items() if not os.path.isfile(path)]
     assert not missing_rows, f"{len(missing_rows)} acknowledged instances are not in the database"
     assert not missing_files, f"{len(missing_files)} acknowledged instances have no file"
+    stack.tally.update(instances_acknowledged=len(acked), in_db_and_storage=len(rows) - len(missing_files))

@@ -7,6 +7,7 @@ Fault timings are shortened by configuration (see ENV)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -78,11 +79,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         if request.session.testsfailed > failed_before:
             for proc in stack.procs():
                 proc.dump()
+        stack.db.engine.dispose()
         for proc in reversed(stack.procs()):
-            proc.stop()
+            proc.stop(signal.SIGINT if proc.name == "postgres" else signal.SIGTERM)  # fast shutdown
         for proc in stack.procs() + service.procs:
             if proc.name.startswith(("receiver", "worker", "exporter")):
                 assert_no_patient_data(proc.log(), f"the {proc.name} log")
+
+
+@pytest.fixture(autouse=True)
+def counts(stack: Stack, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each scenario's counts, one JSON line in the stack's folder (faults*/counts.jsonl)."""
+    stack.tally = {}
+    start = time.monotonic()
+    yield
+    line = {"scenario": request.node.name, "seconds": round(time.monotonic() - start, 1), **stack.tally}
+    with open(stack.work / "counts.jsonl", "a") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
 def test_worker_sigkilled_mid_study_with_redis(stack: Stack) -> None:
@@ -169,6 +182,7 @@ def test_receiver_killed_mid_association(stack: Stack) -> None:
     statuses = store_each(stack.service.port, datasets, after_each=kill_after_three)
     acked = {u for u, status in statuses.items() if status == SUCCESS}
     assert len(acked) >= 3 and len(acked) < len(datasets), "the receiver did not die mid-association"
+    stack.tally["acknowledged_before_kill"] = len(acked)
     stack.start_receiver()  # same receiver id: it closes its predecessor's association rows
     acked |= send_until_stored(stack.service.port, datasets)
     check_one_current_sr_each(stack, [uid])
@@ -206,6 +220,7 @@ def test_pacs_down_for_more_than_six_attempts(stack: Stack, outage: str) -> None
         acked |= send_until_stored(stack.service.port, other)
         wait_for(lambda: stack.study_state(other_uid) == "done", 60, "classification during the outage")
         wait_for(lambda: _attempts(stack, uid) > 6, 120, "more than 6 attempts", interval=0.5)
+        stack.tally["attempts_while_down"] = _attempts(stack, uid)
         assert all(r.state == "pending" for r in stack.export_rows(uid)), "an export gave up"
     finally:
         if silent is not None:
@@ -271,6 +286,7 @@ def test_free_space_watermark_crossed(stack: Stack) -> None:
         datasets = _study(images=2, PatientName=MALFORMED_SENTINELS["PatientName"])
         statuses = store_each(watch.port, datasets)
         assert set(statuses.values()) == {0xA700}, statuses
+        stack.tally["refused_0xA700"] = len(statuses) + 1
         with stack.db.session() as session:
             refusals = session.scalars(select(Rejection).where(
                 Rejection.sop_instance_uid.in_(list(statuses)))).all()

@@ -82,20 +82,19 @@ def _attempt_until(rt: Runtime, export_id: int, done: set[str], limit: int) -> s
 
 
 def test_backoff_is_capped_and_outlasts_six_attempts_then_fails_at_the_horizon(tmp_path):
-    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}", sr_retry_horizon_seconds=2.0)
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}", sr_retry_horizon_seconds=4.0)
     export_id = _add_sr(rt, tmp_path)
     assert _attempt_until(rt, export_id, {"failed"}, 2000) == "failed"
     row = _row(rt, export_id)
     assert row.attempts > 6, "the old limit of 6 attempts must no longer end delivery"
+    # Uncapped doubling from 0.05 s passes a 4 s horizon at the 7th attempt; capped at 0.2 s
+    # there is room for about 20.
+    assert row.attempts >= 9, "the wait between attempts was not capped"
     assert "retry horizon" in row.last_error and "not established" in row.last_error
     with rt.db.session() as session:
         attempts = session.scalars(select(SrExportAttempt).where(SrExportAttempt.export_id == export_id)
                                    .order_by(SrExportAttempt.id)).all()
-    assert len(attempts) == row.attempts
-    gaps = [(b.started_at - a.finished_at).total_seconds()  # type: ignore[operator]
-            for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert max(gaps) < 0.2 + 0.15, "a wait exceeded the cap on the interval"
-    assert gaps[-1] > gaps[0], "the wait grows"
+    assert len(attempts) == row.attempts and all(a.finished_at and a.error for a in attempts)
 
 
 def test_silent_pacs_costs_one_bounded_attempt(tmp_path):

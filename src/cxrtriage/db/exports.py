@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from cxrtriage.db.models import SrExport, SrExportAttempt, Study, utcnow
@@ -126,8 +126,6 @@ def list_exports(session: Session, state: str | None = None, study_uid: str | No
 
 
 def count_by_state(session: Session) -> dict[str, int]:
-    from sqlalchemy import func
-
     return {state: int(n) for state, n in session.execute(
         select(SrExport.state, func.count()).group_by(SrExport.state)).all()}
 

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import ipaddress
 import logging
-import socket
 import ssl
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from cxrtriage.dicom.preprocess import check_pixel_contract
 from cxrtriage.dicom.storage import InstanceStore, Watermark, make_dirs
+from cxrtriage.dicom.tls import DeferredHandshake
 from cxrtriage.dicom.uids import is_valid_uid, require_uid
 from cxrtriage.domain import RefusedInstance, StoredInstance
 from cxrtriage.errors import InstanceConflictError, InvalidInputError
@@ -190,7 +190,6 @@ class Receiver:
         self._ids: dict[int, str] = {}  # open associations: id(assoc) -> our association id
         self._unrecorded: set[str] = set()  # opened, but the database write failed
         self._unclosed: set[str] = set()  # closed, but the database write failed; retried
-        self._handshaking = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -221,8 +220,8 @@ class Receiver:
         server = self._server
         server.verify_request = self._verify_peer  # socketserver's per-connection hook
         if self.ssl_context is not None:  # handshake per connection, not in the accept loop
-            server.get_request = self._accept_without_handshake
-            server.finish_request = functools.partial(self._handshake_then_serve, server.finish_request)
+            DeferredHandshake(self.ssl_context, self.limits.tls_handshake_timeout,
+                              self.limits.max_associations).install(server)
         self._heartbeat = threading.Thread(target=self._beat, name="receiver-heartbeat", daemon=True)
         self._heartbeat.start()
         logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port,
@@ -237,39 +236,6 @@ class Receiver:
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
             tempfile.NamedTemporaryFile, dir=str(self.store.spool), prefix="cstore-")
-
-    def _accept_without_handshake(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self._server.socket.accept()
-        assert self.ssl_context is not None
-        return self.ssl_context.wrap_socket(client, server_side=True,
-                                            do_handshake_on_connect=False), address
-
-    def _handshake_then_serve(self, serve: Callable[[Any, Any], None], request: Any,
-                              client_address: Any) -> None:
-        """Runs in the connection's own thread: a bounded TLS handshake, then the association."""
-        with self._lock:
-            crowded = self._handshaking >= self.limits.max_associations
-            if not crowded:
-                self._handshaking += 1
-        if crowded:
-            logger.warning("connection dropped: too many TLS handshakes in progress",
-                           extra={"peer": client_address[0]})
-            self._server.shutdown_request(request)
-            return
-        try:
-            previous = request.gettimeout()
-            request.settimeout(self.limits.tls_handshake_timeout)
-            request.do_handshake()
-            request.settimeout(previous)
-        except (OSError, ValueError) as exc:
-            logger.warning("TLS handshake failed", extra={"peer": client_address[0],
-                                                          "error": type(exc).__name__})
-            self._server.shutdown_request(request)
-            return
-        finally:
-            with self._lock:
-                self._handshaking -= 1
-        serve(request, client_address)
 
     def _verify_peer(self, _request: Any, client_address: tuple[str, int]) -> bool:
         allowed = self.access.peer_allowed(client_address[0])

@@ -22,6 +22,7 @@ from cxrtriage.errors import TransientError
 logger = logging.getLogger(__name__)
 
 DELIVERED = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the warnings that still store
+ASSOCIATION_REPLY_SECONDS = 30.0  # a PACS answers an A-ASSOCIATE-RQ in well under this
 
 
 def send_file(path: str | Path, ae_title: str, host: str, port: int, calling_ae: str, *,
@@ -36,7 +37,8 @@ def send_file(path: str | Path, ae_title: str, host: str, port: int, calling_ae:
     start = time.monotonic()
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = connect_timeout
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = deadline
+    ae.acse_timeout = min(deadline, ASSOCIATION_REPLY_SECONDS)  # a silent peer is given up early
+    ae.dimse_timeout = ae.network_timeout = deadline
     ae.add_requested_context(str(ds.SOPClassUID), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     tls_args = (ssl_context, host) if ssl_context is not None else None
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
