@@ -34,9 +34,26 @@ def test_manifest_and_card_describe_the_model(classifier):
     assert m.metrics["validation"]["auroc_95ci"][0] <= m.metrics["validation"]["auroc"]
     card = (BUNDLED / "MODEL_CARD.md").read_text()
     for needed in ("CC BY 4.0", "doi:10.17632/rscbjbr9sj.2", "pediatric", f"{m.threshold:.4f}",
-                   "Limitations", "from scratch"):
+                   "Limitations", "from scratch", "shifted validation", "Adults", "Lateral views",
+                   "Other diseases"):
         assert needed in card, needed
     assert json.loads((BUNDLED / "training_log.json").read_text())
+
+
+def test_operating_point_is_the_one_chosen_on_the_shifted_validation(classifier):
+    """1.2.0 keeps 1.1.0's weights and re-chooses the threshold: 95% sensitivity on the shifted
+    validation (DICOM variants of the held-out patients), not Youden on the saturated validation."""
+    m = classifier.manifest
+    assert m.version == "1.2.0"
+    assert m.threshold_rule == "sensitivity:0.95 on the shifted validation"
+    shifted, plain = m.metrics["shifted_validation"], m.metrics["validation"]
+    assert shifted["threshold"] == plain["threshold"] == m.threshold
+    assert 0.95 <= shifted["sensitivity"] < 0.96, "the highest threshold that keeps 95% sensitivity"
+    assert shifted["n_images"] == 2 * plain["n_images"]
+    assert shifted["auroc"] < plain["auroc"], "the shifted validation is the harder of the two"
+    assert 0.85 <= m.threshold <= 0.95 and 0.8 <= m.temperature <= 0.95
+    flags = {rel: p["PNEUMONIA"] >= m.threshold for rel, p in m.regression["predictions"].items()}
+    assert flags == {rel: "/PNEUMONIA/" in rel for rel in flags}, flags
 
 
 def test_package_fits_the_size_budget():
