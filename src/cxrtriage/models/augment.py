@@ -28,7 +28,7 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: float = 0.2
     hflip: bool = False
-    aspect: float = 0.0  # probability of an aspect ratio in [1/1.25, 1.25], padded as served
+    aspect: float = 0.0  # probability of an aspect ratio in [1/1.25, 1.25], padded (version 1 serving)
     response: float = 0.0  # probability of a log or exponential detector response
     window: float = 0.0  # probability of a random linear window (clipping or headroom)
     resample: float = 0.0  # probability of down- then up-sampling by 0.45-0.9
@@ -68,7 +68,8 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
 
 
 def _pad_to_aspect(image: torch.Tensor, ratio: float) -> torch.Tensor:
-    """[1, H, W] squashed to width/height = `ratio`, then centred on black as `fit_to_square` does."""
+    """[1, H, W] squashed to width/height = `ratio`, then centred on black, as preprocessing
+    version 1 served non-square images (version 2 squashes them back to the square)."""
     size = image.shape[-1]
     new_h, new_w = (size, max(1, round(size * ratio))) if ratio < 1 else (max(1, round(size / ratio)), size)
     small = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,

@@ -56,7 +56,8 @@ def _validation_section(m: Manifest) -> str:
 The **shifted validation** is the same held-out patients re-acquired as DICOM
 ({shifted['n_images']} files, {m.metrics.get('shifted_description', 'several per picture')}):
 detector response curves (linear, power, log), part of the stored range used, 8/12/16 bits,
-a window or none, MONOCHROME1, aspect ratios 0.82 and 1.22 padded by the serving code,
+a window or none, MONOCHROME1, aspect ratios 0.82 and 1.22 (squashed back to the square by the
+serving code, as the training pictures were),
 resampling to 160-1024 px detectors, and uncompressed, RLE, JPEG 2000 (lossless and lossy) and
 JPEG baseline encodings. Each file is read back by the worker's own step (`examine_file`), so the
 figures are those of the DICOM path. Its intervals treat the variants of one picture as
@@ -79,8 +80,9 @@ def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) ->
 radiologist; it does not replace the radiologist's read.
 
 ## What it does
-- Input: one frontal chest radiograph, single channel, resized (aspect kept, padded) to
-  {m.input_size} x {m.input_size}, normalised with mean {m.mean} and std {m.std}.
+- Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
+  (preprocessing version {m.preprocessing_version}; version 2 squashes a non-square image to the
+  square, as the training pictures were), normalised with mean {m.mean} and std {m.std}.
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.

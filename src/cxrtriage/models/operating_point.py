@@ -27,7 +27,7 @@ from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
 from cxrtriage.models.evaluation import holdout_samples, summarize
 from cxrtriage.models.inference import Classifier
-from cxrtriage.models.model_input import fit_to_square, load_gray
+from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
 from cxrtriage.models.package import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
 from cxrtriage.models.shifted import build
 from cxrtriage.models.train_config import load_train_config
@@ -71,7 +71,8 @@ def repackage(source: Path, output: Path, version: str, threshold: float, temper
             shutil.rmtree(output)
         shutil.copytree(source, output)
     manifest = replace(read_manifest(source), version=version, threshold=threshold,
-                       temperature=temperature, threshold_rule=rule, metrics=results)
+                       temperature=temperature, threshold_rule=rule, metrics=results,
+                       preprocessing_version=PREPROCESSING_VERSION)
     (output / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     classifier = Classifier(output, device=torch.device("cpu"))
     regression = {}
@@ -98,8 +99,14 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
                         probabilities(measured["shifted_logits"], temperature, flag), threshold)
     old_probs = probabilities(measured["shifted_logits"], old.temperature, flag)
     before = metrics.at_threshold(measured["shifted_y"], old_probs, old.threshold)
-    note = (f"Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); on the shifted "
-            f"validation that gave sensitivity {before.sensitivity:.3f} and specificity "
+    geometry = ""
+    if old.preprocessing_version != PREPROCESSING_VERSION:
+        geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
+                    f"{PREPROCESSING_VERSION}: non-square images are now squashed to the square, as "
+                    "the training pictures were, instead of padded. ")
+    note = (f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
+            f"today's preprocessing, on the shifted validation, that gives sensitivity "
+            f"{before.sensitivity:.3f} and specificity "
             f"{before.specificity:.3f}. The rule now targets sensitivity on the shifted "
             "validation, which is independent of how common pneumonia is and already includes the "
             "DICOM path's spread; specificity is what that sensitivity costs.")

@@ -3,10 +3,11 @@
 Each validation picture is turned into a few DICOM radiographs as a hospital might send them: a
 detector response curve (linear, power or log), part of the stored range used (intensity and
 contrast shift), 8, 12 or 16 bits, a window or none, MONOCHROME1 or 2, a non-square detector
-(aspect 0.82 or 1.22, which the serving code pads), resampling to the detector's size (up or
-down), and an encoding (uncompressed, RLE, JPEG 2000 lossless or lossy, JPEG baseline). Each file
-is written to disk and read back with `examine.examine_file`, the step the worker runs, so what is
-scored is exactly what the model would see in production.
+(aspect 0.82 or 1.22, which the serving code squashes back to the square; preprocessing version 1
+padded it), resampling to the detector's size (up or down), and an encoding (uncompressed, RLE,
+JPEG 2000 lossless or lossy, JPEG baseline). Each file is written to disk and read back with
+`examine.examine_file`, the step the worker runs, so what is scored is exactly what the model
+would see in production.
 
 Recipes are drawn from a seeded generator per (image, variant), so the set is the same on every
 machine; the model inputs are cached, keyed by everything they depend on.
