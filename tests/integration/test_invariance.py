@@ -9,10 +9,13 @@ Tolerances (flag probability, absolute), from measurements of the 1.2.0 package:
   detector, and aspect ratios 0.82 and 1.22 (squashed back to the square by preprocessing
   version 2; padded, version 1 moved a normal picture by ~0.10): 0.01;
 - windows (fitted or clipping 1-99%), 80% of the stored range used without a window, power
-  responses 0.8-1.25: 0.05;
-- known weaknesses, marked xfail(strict) so that fixing them has to update this file: a strong
-  log detector response (log1p(5x)/log1p(5)) and half the stored range without a window (a flat,
-  grey picture) both move a normal picture towards pneumonia by far more than 0.10.
+  responses 0.8-1.25, a log response log1p(5x)/log1p(5): 0.05 (1.1.0's weights moved a normal
+  picture by 0.56 under that log response; 1.2.0's fine-tuned member brought it to 0.03);
+- known weaknesses, marked xfail(strict) so that fixing them has to update this file: a stronger
+  log response (log1p(8x)/log1p(8)) and half the stored range without a window (a flat, grey
+  picture) move a normal picture towards pneumonia by 0.10-0.12.
+These are for pictures the model is sure of; a picture near the threshold moves more in
+probability (a viral pneumonia at p = 0.79 moves by up to 0.3 under a clipping window).
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ VARIATIONS = {
            "window clip": replace(BASE, window="clip"),
            "80% of the range, no window": replace(BASE, range_use=0.8, offset=0.1),
            "gamma 0.8": replace(BASE, response="gamma", response_param=0.8),
-           "gamma 1.25": replace(BASE, response="gamma", response_param=1.25)},
+           "gamma 1.25": replace(BASE, response="gamma", response_param=1.25),
+           "log 5": replace(BASE, response="log", response_param=5.0)},
 }
 
 
@@ -105,8 +109,8 @@ def test_acquisition_variations_stay_within_tolerance(classifier, tmp_path, pict
 
 @pytest.mark.xfail(strict=True, reason="known weakness: a strong log response or a flat, grey "
                    "picture makes normal lungs look opaque (docs/evaluation, shifted validation by factor)")
-@pytest.mark.parametrize("acq", [replace(BASE, response="log", response_param=5.0),
-                                 replace(BASE, range_use=0.5, offset=0.25)], ids=["log 5", "half range"])
+@pytest.mark.parametrize("acq", [replace(BASE, response="log", response_param=8.0),
+                                 replace(BASE, range_use=0.5, offset=0.25)], ids=["log 8", "half range"])
 def test_known_weaknesses_leave_a_normal_picture_normal(classifier, tmp_path, acq):
     gray = _picture("normal-1")
-    assert abs(_served(classifier, gray, acq, tmp_path) - _reference(classifier, gray)) <= 0.10
+    assert abs(_served(classifier, gray, acq, tmp_path) - _reference(classifier, gray)) <= 0.05

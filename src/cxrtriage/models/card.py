@@ -81,8 +81,8 @@ radiologist; it does not replace the radiologist's read.
 
 ## What it does
 - Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
-  (preprocessing version {m.preprocessing_version}; version 2 squashes a non-square image to the
-  square, as the training pictures were), normalised with mean {m.mean} and std {m.std}.
+  (preprocessing version {m.preprocessing_version}; since version 2 a non-square image is squashed
+  to the square, as the training pictures were), normalised with mean {m.mean} and std {m.std}.
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.
@@ -118,7 +118,7 @@ doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
   shift {cfg.augment.shift}, zoom {cfg.augment.zoom}, shear {cfg.augment.shear_deg}°,
   brightness/contrast/gamma {cfg.augment.brightness}/{cfg.augment.contrast}/{cfg.augment.gamma},
   horizontal flip {"on" if cfg.augment.hflip else "off"}. The config is `train_config.toml`;
-  the per-epoch log is `training_log.json`.
+  the per-epoch log is `training_log.json`.{(chr(10) + "- " + data["note"]) if data.get("note") else ""}
 
 ## Validation figures
 {_validation_section(m)}

@@ -64,15 +64,19 @@ def choose(measured: dict[str, Any], rule: str, refit_temperature: bool,
 
 
 def repackage(source: Path, output: Path, version: str, threshold: float, temperature: float,
-              rule: str, results: dict[str, Any]) -> Manifest:
-    """Copy the package with a new version, operating point, metrics, regression values and card."""
+              rule: str, results: dict[str, Any], name: str | None = None,
+              note: str = "") -> Manifest:
+    """Copy the package with a new version, operating point, metrics, regression values and card
+    (and, when given, a new name and a note on how its members were trained)."""
     if output.resolve() != source.resolve():
         if output.exists():
             shutil.rmtree(output)
         shutil.copytree(source, output)
-    manifest = replace(read_manifest(source), version=version, threshold=threshold,
+    manifest = read_manifest(source)
+    training_data = {**manifest.training_data, **({"note": note} if note else {})}
+    manifest = replace(manifest, name=name or manifest.name, version=version, threshold=threshold,
                        temperature=temperature, threshold_rule=rule, metrics=results,
-                       preprocessing_version=PREPROCESSING_VERSION)
+                       preprocessing_version=PREPROCESSING_VERSION, training_data=training_data)
     (output / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     classifier = Classifier(output, device=torch.device("cpu"))
     regression = {}
@@ -89,7 +93,8 @@ def repackage(source: Path, output: Path, version: str, threshold: float, temper
 
 def rechoose(package: Path, holdout: Path, output: Path, version: str,
              rule: str = "sensitivity:0.95", refit_temperature: bool = False, variants: int = 2,
-             seed: int = 20261123, cache_dir: Path = Path(".cache")) -> Manifest:
+             seed: int = 20261123, cache_dir: Path = Path(".cache"), name: str | None = None,
+             note: str = "") -> Manifest:
     old = read_manifest(package)
     measured = measure(package, holdout, variants, seed, cache_dir)
     temperature, threshold = choose(measured, rule, refit_temperature, old.temperature)
@@ -104,7 +109,7 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
         geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
                     f"{PREPROCESSING_VERSION}: non-square images are now squashed to the square, as "
                     "the training pictures were, instead of padded. ")
-    note = (f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
+    threshold_note = (f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
             f"today's preprocessing, on the shifted validation, that gives sensitivity "
             f"{before.sensitivity:.3f} and specificity "
             f"{before.specificity:.3f}. The rule now targets sensitivity on the shifted "
@@ -112,9 +117,9 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
             "DICOM path's spread; specificity is what that sensitivity costs.")
     results = {"validation": val, "shifted_validation": shifted,
                "shifted_description": f"{variants} recipes per picture, seed {seed}",
-               "threshold_note": note}
+               "threshold_note": threshold_note}
     return repackage(package, output, version, threshold, temperature,
-                     f"{rule} on the shifted validation", results)
+                     f"{rule} on the shifted validation", results, name, note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--name", help="a new package name (default: keep it)")
+    parser.add_argument("--note", default="", help="how the members were trained, for the card")
     args = parser.parse_args(argv)
     manifest = rechoose(args.package, args.holdout, args.output, args.version, args.rule,
-                        args.refit_temperature, args.variants, args.seed, args.cache_dir)
+                        args.refit_temperature, args.variants, args.seed, args.cache_dir,
+                        args.name, args.note)
     print(f"{manifest.name} {manifest.version}: threshold {manifest.threshold:.4f}, "
           f"temperature {manifest.temperature:.3f}, written to {args.output}")
     return 0
