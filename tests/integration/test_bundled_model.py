@@ -12,7 +12,6 @@ from cxrtriage.models.inference import Classifier
 from cxrtriage.models.model_input import fit_to_square, load_gray
 from tests.conftest import BUNDLED
 
-
 MEMBER_B_1_1_0 = "657b4d98476315a8801367f33d9ac8ae90af288660e2d2ed87d01c12c8761bad"
 
 

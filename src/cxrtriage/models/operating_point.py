@@ -109,12 +109,12 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
         geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
                     f"{PREPROCESSING_VERSION}: non-square images are now squashed to the square, as "
                     "the training pictures were, instead of padded. ")
-    threshold_note = (f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
-            f"today's preprocessing, on the shifted validation, that gives sensitivity "
-            f"{before.sensitivity:.3f} and specificity "
-            f"{before.specificity:.3f}. The rule now targets sensitivity on the shifted "
-            "validation, which is independent of how common pneumonia is and already includes the "
-            "DICOM path's spread; specificity is what that sensitivity costs.")
+    threshold_note = (
+        f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
+        f"today's preprocessing, on the shifted validation, that gives sensitivity "
+        f"{before.sensitivity:.3f} and specificity {before.specificity:.3f}. The rule now targets "
+        "sensitivity on the shifted validation, which is independent of how common pneumonia is "
+        "and already includes the DICOM path's spread; specificity is what that sensitivity costs.")
     results = {"validation": val, "shifted_validation": shifted,
                "shifted_description": f"{variants} recipes per picture, seed {seed}",
                "threshold_note": threshold_note}
