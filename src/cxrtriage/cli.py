@@ -324,7 +324,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxrtriage.models.evaluation import evaluate_package
 
     report = evaluate_package(Path(args.package), Path(args.data), Path(args.output),
-                              fmt=args.format, training_log=args.training_log)
+                              fmt=args.format, training_log=args.training_log, holdout=args.holdout,
+                              shifted_variants=args.variants if args.shifted else 0,
+                              shift_seed=args.shift_seed, cache_dir=args.cache_dir)
     print(f"report written to {report}")
     return 0
 
@@ -389,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="evaluation")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
     p.add_argument("--training-log", help="history.json of the training run, for curves")
+    p.add_argument("--holdout", metavar="CONFIG.toml",
+                   help="evaluate only the validation patients of this training config")
+    p.add_argument("--shifted", action="store_true",
+                   help="add the shifted validation: the same pictures as DICOM through the serving path")
+    p.add_argument("--variants", type=int, default=2, help="shifted DICOM variants per picture")
+    p.add_argument("--shift-seed", type=int, default=20261123)
+    p.add_argument("--cache-dir", default=".cache", help="where the shifted validation is cached")
     p = add("exports", cmd_exports, "SR exports by state; `exports retry` sends them again")
     p.add_argument("--state", choices=["pending", "sent", "failed", "not_configured"])
     p.add_argument("--study", help="one study's exports (StudyInstanceUID)")

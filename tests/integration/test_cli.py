@@ -70,6 +70,29 @@ def test_evaluate_writes_report_and_plots(tmp_path, tiny_package, fmt):
     assert metrics["auroc_95ci"][0] <= metrics["auroc"] <= metrics["auroc_95ci"][1]
 
 
+def test_evaluate_adds_the_shifted_validation(tmp_path, tiny_package):
+    """Each picture re-acquired as DICOM and read back by the serving path; cached for reuse."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ("evaluate", str(tiny_package), str(DATA), "--output", str(out), "--shifted",
+            "--variants", "2", "--cache-dir", str(cache))
+    result = _run(*args)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 16
+    assert metrics["shifted_validation"]["n_images"] == 32
+    assert metrics["shifted_validation"]["n_positive"] == 16
+    factors = {(r["factor"], r["level"]) for r in metrics["shifted_factors"]}
+    assert ("photometric", "MONOCHROME1") in factors or ("photometric", "MONOCHROME2") in factors
+    text = (out / "report.md").read_text()
+    assert "shifted validation" in text and "Shifted validation by factor" in text
+    assert (out / "shifted" / "roc.png").stat().st_size > 1000
+    assert len(list(cache.glob("shifted-64-*/images.npy"))) == 1
+    again = _run(*args)  # from the cache, same figures
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((out / "metrics.json").read_text())
+    assert rerun["shifted_validation"] == metrics["shifted_validation"]
+
+
 def test_the_receiver_process_does_not_load_torch():
     """The receiver only validates, stores and indexes: it must not pay for torch."""
     code = ("import sys, cxrtriage.cli as cli, cxrtriage.dicom.receiver, cxrtriage.worker.receiving, "

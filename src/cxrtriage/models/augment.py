@@ -2,6 +2,11 @@
 
 No vertical flips ever; horizontal flips are off by default because the heart is on one side.
 All randomness comes from an explicit generator so that a resumed run repeats itself.
+
+The acquisition terms (`aspect`, `response`, `window`, `resample`, `noise`; all off by default)
+mimic what the DICOM path does to a picture (see `shifted.py`): a non-square detector padded to a
+square by the serving code, a log or power detector response, a window that clips or leaves
+headroom, resampling to and from detector size, and quantisation or compression noise.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: float = 0.2
     hflip: bool = False
+    aspect: float = 0.0  # probability of an aspect ratio in [1/1.25, 1.25], padded (version 1 serving)
+    response: float = 0.0  # probability of a log or exponential detector response
+    window: float = 0.0  # probability of a random linear window (clipping or headroom)
+    resample: float = 0.0  # probability of down- then up-sampling by 0.45-0.9
+    noise: float = 0.0  # standard deviation of added Gaussian noise (0 = none)
 
 
 def _uniform(n: int, span: float, generator: torch.Generator) -> torch.Tensor:
@@ -52,6 +62,53 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     gamma = torch.exp(_uniform(n, cfg.gamma, generator)).view(shape).to(images.device)
     contrast = (1.0 + _uniform(n, cfg.contrast, generator)).view(shape).to(images.device)
     brightness = _uniform(n, cfg.brightness, generator).view(shape).to(images.device)
-    out = out.clamp(0.0, 1.0) ** gamma
+    out = _acquisition(out.clamp(0.0, 1.0), cfg, generator) ** gamma
     mean = out.mean(dim=(2, 3), keepdim=True)
     return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def _pad_to_aspect(image: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[1, H, W] squashed to width/height = `ratio`, then centred on black, as preprocessing
+    version 1 served non-square images (version 2 squashes them back to the square)."""
+    size = image.shape[-1]
+    new_h, new_w = (size, max(1, round(size * ratio))) if ratio < 1 else (max(1, round(size / ratio)), size)
+    small = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                          antialias=True)[0]
+    out = torch.zeros_like(image)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[:, top : top + new_h, left : left + new_w] = small
+    return out
+
+
+def _acquisition(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Per-image acquisition and encoding variation, [N, 1, H, W] in [0, 1]."""
+    if not (cfg.aspect or cfg.response or cfg.window or cfg.resample or cfg.noise):
+        return images  # draws nothing, so configs without these terms train exactly as before
+    n = images.shape[0]
+    draws = torch.rand(n, 9, generator=generator)
+    out = images.clone()
+    for i in range(n):
+        u = draws[i]
+        image = out[i]
+        if u[0] < cfg.aspect:
+            image = _pad_to_aspect(image, math.exp((float(u[1]) * 2 - 1) * math.log(1.25)))
+        if u[2] < cfg.response:
+            strength = 1.0 + 9.0 * float(u[3])  # log1p(a x) / log1p(a), a in [1, 10], or its inverse
+            if u[3] < 0.5:
+                image = torch.log1p(strength * image) / math.log1p(strength)
+            else:
+                image = torch.expm1(image * math.log1p(strength)) / strength
+        if u[4] < cfg.window:
+            low, high = -0.15 + 0.25 * float(u[5]), 0.85 + 0.3 * float(u[6])
+            image = ((image - low) / (high - low)).clamp(0.0, 1.0)
+        if u[7] < cfg.resample:
+            size = image.shape[-2:]
+            factor = 0.45 + 0.45 * float(u[8])
+            small = F.interpolate(image[None], scale_factor=factor, mode="bilinear",
+                                  align_corners=False, antialias=True)
+            image = F.interpolate(small, size=size, mode="bilinear", align_corners=False)[0]
+        out[i] = image
+    if cfg.noise > 0:
+        noise = torch.randn(out.shape, generator=generator) * cfg.noise
+        out = out + noise.to(out.device) * (out > 0)
+    return out.clamp(0.0, 1.0)

@@ -28,8 +28,50 @@ def _architecture(m: Manifest) -> str:
             f"  | --- | --- | --- | --- | --- |\n{rows}")
 
 
-def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
+def _table(columns: list[tuple[str, dict[str, Any]]]) -> str:
+    rows = [("AUROC", lambda v: _ci(v, "auroc")), ("accuracy", lambda v: _ci(v, "accuracy")),
+            ("sensitivity", lambda v: _ci(v, "sensitivity")),
+            ("specificity", lambda v: _ci(v, "specificity")),
+            ("precision", lambda v: f"{v['precision']:.3f}"), ("F1", lambda v: f"{v['f1']:.3f}"),
+            ("expected calibration error", lambda v: f"{v['ece']:.3f}"),
+            ("confusion (tp/fp/tn/fn)", lambda v: f"{v['tp']}/{v['fp']}/{v['tn']}/{v['fn']}"),
+            ("images (positives)", lambda v: f"{v['n_images']} ({v['n_positive']})")]
+    lines = ["| metric | " + " | ".join(name for name, _ in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(cell(v) for _, v in columns) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
+def _validation_section(m: Manifest) -> str:
     val = m.metrics["validation"]
+    columns = [("validation patients", val)]
+    shifted = m.metrics.get("shifted_validation")
+    text = (f"Held-out patients: {val['n_images']} images, {val['n_positive']} {m.flag_label}. "
+            "Intervals are 95% percentile bootstrap intervals over images (1000 resamples); all "
+            f"figures at the operating threshold {m.threshold:.4f}.")
+    if shifted:
+        columns.append(("shifted validation (DICOM)", shifted))
+        text += f"""
+
+The **shifted validation** is the same held-out patients re-acquired as DICOM
+({shifted['n_images']} files, {m.metrics.get('shifted_description', 'several per picture')}):
+detector response curves (linear, power, log), part of the stored range used, 8/12/16 bits,
+a window or none, MONOCHROME1, aspect ratios 0.82 and 1.22 (squashed back to the square by the
+serving code, as the training pictures were),
+resampling to 160-1024 px detectors, and uncompressed, RLE, JPEG 2000 (lossless and lossy) and
+JPEG baseline encodings. Each file is read back by the worker's own step (`examine_file`), so the
+figures are those of the DICOM path. Its intervals treat the variants of one picture as
+independent and are somewhat too narrow."""
+    return text + "\n\n" + _table(columns)
+
+
+def _threshold_section(m: Manifest) -> str:
+    note = m.metrics.get("threshold_note", "")
+    return (f"{m.threshold:.4f}, chosen by the rule `{m.threshold_rule}`, after temperature "
+            f"scaling (T = {m.temperature:.3f}).{(chr(10) * 2 + note) if note else ''}")
+
+
+def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     data = m.training_data
     population = m.intended_population.get("description", "not stated")
     return f"""# Model card: {m.name} {m.version}
@@ -38,8 +80,9 @@ def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) ->
 radiologist; it does not replace the radiologist's read.
 
 ## What it does
-- Input: one frontal chest radiograph, single channel, resized (aspect kept, padded) to
-  {m.input_size} x {m.input_size}, normalised with mean {m.mean} and std {m.std}.
+- Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
+  (preprocessing version {m.preprocessing_version}; since version 2 a non-square image is squashed
+  to the square, as the training pictures were), normalised with mean {m.mean} and std {m.std}.
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.
@@ -49,6 +92,14 @@ radiologist; it does not replace the radiologist's read.
 ## Intended population
 {population}. Images outside it (adults, lateral views, other body parts) are outside what the
 model was trained and measured on; the pipeline records a warning when the patient's age is outside.
+
+## What it is not for
+- **Adults** or children outside 1-5 years: it has never seen them.
+- **Lateral views** and other body parts: the pipeline's gate skips them; `predict` will score
+  anything it is given, and such a score means nothing.
+- **Other diseases** (tuberculosis, effusion, nodules, COVID-19, ...): it answers only "pneumonia
+  or normal" and will not flag other findings; a normal answer does not mean a normal chest.
+- Diagnosis: it is a triage aid that reorders a worklist.
 
 ## Training data
 {data.get("description", "")}
@@ -67,27 +118,13 @@ doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
   shift {cfg.augment.shift}, zoom {cfg.augment.zoom}, shear {cfg.augment.shear_deg}°,
   brightness/contrast/gamma {cfg.augment.brightness}/{cfg.augment.contrast}/{cfg.augment.gamma},
   horizontal flip {"on" if cfg.augment.hflip else "off"}. The config is `train_config.toml`;
-  the per-epoch log is `training_log.json`.
+  the per-epoch log is `training_log.json`.{(chr(10) + "- " + data["note"]) if data.get("note") else ""}
 
-## Validation figures (held-out patients, {val["n_images"]} images, {val["n_positive"]} {m.flag_label})
-Intervals are 95% percentile bootstrap intervals over images (1000 resamples).
-
-| metric | value |
-| --- | --- |
-| AUROC | {_ci(val, "auroc")} |
-| accuracy | {_ci(val, "accuracy")} |
-| sensitivity | {_ci(val, "sensitivity")} |
-| specificity | {_ci(val, "specificity")} |
-| precision | {val["precision"]:.3f} |
-| F1 | {val["f1"]:.3f} |
-| expected calibration error | {val["ece"]:.3f} |
-| confusion (tp/fp/tn/fn) | {val["tp"]}/{val["fp"]}/{val["tn"]}/{val["fn"]} |
+## Validation figures
+{_validation_section(m)}
 
 ## Operating threshold
-{m.threshold:.4f}, chosen by the rule `{m.threshold_rule}`, after temperature scaling fitted
-on the same validation patients. Because threshold, temperature and these figures all come from
-the same validation patients, the figures are optimistic; the withheld test split is the honest
-measure.
+{_threshold_section(m)}
 
 ## Limitations
 - One hospital, one population (children aged 1-5), AP views: figures will not transfer to adults,

@@ -64,9 +64,11 @@ class Manifest:
 
     @property
     def device_uid(self) -> str:
-        """Changes whenever the weights change: derived from their sha256."""
+        """Changes whenever the model's outputs can change: derived from the weights' sha256 and
+        the operating point (temperature and threshold), which a new version may change alone."""
         return generate_uid(prefix=UID_ROOT, entropy_srcs=[self.name, self.weights_sha256,
-                                                           *(m["sha256"] for m in self.members)])
+                                                           *(m["sha256"] for m in self.members),
+                                                           repr(self.temperature), repr(self.threshold)])
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(name=self.name, version=self.version, creator=self.creator,
