@@ -102,6 +102,8 @@ def _expected_native_bytes(ds: Dataset) -> int:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     bits = int(ds.get("BitsAllocated", 8) or 8)
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # chroma subsampled horizontally: Y Y Cb Cr for every two pixels (PS3.3 C.7.6.3.1.2)
     return (int(ds.Rows) * int(ds.Columns) * frames * samples * bits + 7) // 8
 
 
