@@ -67,3 +67,29 @@ def not_analysed_sr(source: Dataset, model: Any, key: str = "test") -> Dataset:
     uids = report_uids(str(source.StudyInstanceUID), key, model)
     return build_report(StudyReport(model, "PNEUMONIA", 0.5, [], [clean_header(source)],
                                     not_analysed_reason=Reason.INTERNAL_ERROR), uids)
+
+
+def add_sr_export(rt: Any, folder: Path, model: Any, study_uid: str | None = None, key: str = "test") -> int:
+    """A stored "not analysed" SR with its export row, as the worker leaves it; the export id."""
+    from sqlalchemy import select
+
+    from cxrtriage.db.models import Study
+    from cxrtriage.db.results import record_export, register_model
+    from cxrtriage.domain import ExportKind
+
+    ds = radiograph(study_uid)
+    sr = not_analysed_sr(ds, model, key)
+    path = folder / f"sr-{sr.SOPInstanceUID}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    with rt.db.session() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == str(ds.StudyInstanceUID)))
+        if study is None:
+            study = Study(study_uid=str(ds.StudyInstanceUID), state="done")
+            session.add(study)
+            session.flush()
+        model_id = register_model(session, model, {})
+        export = record_export(session, study_id=study.id, model_version_id=model_id,
+                               series_uid=str(sr.SeriesInstanceUID), sop_uid=str(sr.SOPInstanceUID),
+                               supersedes_uid=None, kind=ExportKind.NOT_ANALYSED, path=str(path),
+                               destination=rt.settings.sr_destination)
+        return int(export.id)

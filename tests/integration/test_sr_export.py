@@ -11,14 +11,13 @@ from sqlalchemy import select
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_exports
-from cxrtriage.db.models import SrExport, Study
-from cxrtriage.db.results import record_export, register_model
+from cxrtriage.db.models import SrExport
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ModelInfo
 from cxrtriage.worker.export import export_sr
 from cxrtriage.worker.runtime import Runtime
-from tests.factory import not_analysed_sr, radiograph
+from tests.factory import add_sr_export
 from tests.servers import Proc, binary, free_port, port_open, wait_for
 
 MODEL = ModelInfo("m", "1", "cxr-triage", "1.2.826.0.1.3680043.10.1367.9", "ef" * 32)
@@ -30,20 +29,7 @@ def _runtime(tmp_path: Path, destination: str) -> tuple[Runtime, int]:
     settings = Settings(database_url=url, storage_dir=tmp_path / "storage", sr_destination=destination,
                         sr_max_attempts=3, sr_retry_base_seconds=0.2)
     rt = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
-    ds = radiograph()
-    sr = not_analysed_sr(ds, MODEL)
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    with rt.db.session() as session:
-        study = Study(study_uid=str(ds.StudyInstanceUID), state="done")
-        session.add(study)
-        session.flush()
-        model_id = register_model(session, MODEL, {})
-        export = record_export(session, study_id=study.id, model_version_id=model_id,
-                               series_uid=str(sr.SeriesInstanceUID), sop_uid=str(sr.SOPInstanceUID),
-                               supersedes_uid=None, kind="not_analysed", path=str(path),
-                               destination=destination)
-        export_id = export.id
+    export_id = add_sr_export(rt, tmp_path, MODEL)
     return rt, export_id
 
 

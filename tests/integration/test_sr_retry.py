@@ -17,14 +17,13 @@ from sqlalchemy import select
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_exports, retry_exports
-from cxrtriage.db.models import SrExport, SrExportAttempt, Study
-from cxrtriage.db.results import record_export, register_model
+from cxrtriage.db.models import SrExport, SrExportAttempt
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ModelInfo
 from cxrtriage.worker.export import export_sr
 from cxrtriage.worker.runtime import Runtime
-from tests.factory import not_analysed_sr, radiograph
+from tests.factory import add_sr_export, radiograph
 from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, wait_for
 
 MODEL = ModelInfo("m", "1", "cxr-triage", "1.2.826.0.1.3680043.10.1367.9", "ef" * 32)
@@ -41,22 +40,7 @@ def _runtime(tmp_path: Path, destination: str, **settings: object) -> Runtime:
 
 
 def _add_sr(rt: Runtime, tmp_path: Path, study_uid: str | None = None, n: int = 0) -> int:
-    ds = radiograph(study_uid)
-    sr = not_analysed_sr(ds, MODEL, f"test {n}")
-    path = tmp_path / f"sr-{sr.SOPInstanceUID}.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    with rt.db.session() as session:
-        study = session.scalar(select(Study).where(Study.study_uid == str(ds.StudyInstanceUID)))
-        if study is None:
-            study = Study(study_uid=str(ds.StudyInstanceUID), state="done")
-            session.add(study)
-            session.flush()
-        model_id = register_model(session, MODEL, {})
-        export = record_export(session, study_id=study.id, model_version_id=model_id,
-                               series_uid=str(sr.SeriesInstanceUID), sop_uid=str(sr.SOPInstanceUID),
-                               supersedes_uid=None, kind="not_analysed", path=str(path),
-                               destination=rt.settings.sr_destination)
-        return export.id
+    return add_sr_export(rt, tmp_path, MODEL, study_uid, f"test {n}")
 
 
 def _row(rt: Runtime, export_id: int) -> SrExport:
