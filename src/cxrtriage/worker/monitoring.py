@@ -64,6 +64,14 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any | No
     return server
 
 
+def free_space_gauge(name: str, documentation: str, registry: CollectorRegistry, storage_dir: Path) -> Gauge:
+    """A gauge read at scrape time: free bytes on the volume that holds `storage_dir`."""
+    root = Path(storage_dir).resolve()
+    gauge = Gauge(name, documentation, registry=registry)
+    gauge.set_function(lambda: free_bytes(root))
+    return gauge
+
+
 class ReceiverMetrics:
     def __init__(self, registry: CollectorRegistry, storage_dir: Path) -> None:
         self.received = Counter("cxrtriage_receiver_instances_received",
@@ -76,10 +84,8 @@ class ReceiverMetrics:
                                     "Associations accepted", registry=registry)
         self.associations_open = Gauge("cxrtriage_receiver_associations_open",
                                        "Associations open now", registry=registry)
-        self.storage_free = Gauge("cxrtriage_receiver_storage_free_bytes",
-                                  "Free space where instances are stored", registry=registry)
-        root = Path(storage_dir).resolve()
-        self.storage_free.set_function(lambda: free_bytes(root))
+        self.storage_free = free_space_gauge("cxrtriage_receiver_storage_free_bytes",
+                                             "Free space where instances are stored", registry, storage_dir)
 
 
 class MeteredIndex:
@@ -157,10 +163,9 @@ class WorkerMetrics:
                                    "Tasks that raised, by task name", ["task"], registry=registry)
         self.in_progress = Gauge("cxrtriage_worker_tasks_in_progress", "Tasks running now",
                                  registry=registry)
-        self.storage_free = Gauge("cxrtriage_worker_storage_free_bytes",
-                                  "Free space where instances and SRs are stored", registry=registry)
-        root = Path(storage_dir).resolve()
-        self.storage_free.set_function(lambda: free_bytes(root))
+        self.storage_free = free_space_gauge("cxrtriage_worker_storage_free_bytes",
+                                             "Free space where instances and SRs are stored",
+                                             registry, storage_dir)
 
 
 class SchedulerMetrics:
@@ -183,10 +188,8 @@ class SchedulerMetrics:
         self.nightly = Counter("cxrtriage_scheduler_nightly_runs",
                                "Nightly reprocessing runs, by outcome (ran, held_elsewhere, failed)",
                                ["outcome"], registry=registry)
-        self.storage_free = Gauge("cxrtriage_scheduler_storage_free_bytes",
-                                  "Free space where instances are stored", registry=registry)
-        root = Path(storage_dir).resolve()
-        self.storage_free.set_function(lambda: free_bytes(root))
+        self.storage_free = free_space_gauge("cxrtriage_scheduler_storage_free_bytes",
+                                             "Free space where instances are stored", registry, storage_dir)
 
 
 class Stopwatch:
