@@ -37,7 +37,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_encoding_gives_the_same_probability(results, entry):
     row = results[entry.name]
     assert "error" not in row, row.get("error")
-    assert not row["note"].startswith("gate would skip"), row["note"]
+    assert not row["note"].startswith("the worker would not analyse"), row["note"]
     assert row["probability"] == pytest.approx(results["reference"]["probability"],
                                                abs=TOLERANCE[entry.expect])
 

@@ -54,6 +54,13 @@ def age_warning(ds: Dataset, manifest: Manifest) -> str:
     return f"age outside intended population ({low}-{high} years)"
 
 
+def note(item: Examined) -> str:
+    """What a person should know about an image the gate was not enforced on (`predict`, the
+    review app's "try an image"): why the worker would skip it, and its warnings."""
+    skipped = [f"the worker would not analyse this image: {item.skipped.text}"] if item.skipped else []
+    return "; ".join(skipped + item.warnings)
+
+
 def gate(ds: Dataset, manifest: Manifest) -> Examined:
     """Whether the image goes to the model, with the warnings a reader should see."""
     item = Examined(header=ds)

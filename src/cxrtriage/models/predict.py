@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.domain import Reason
-from cxrtriage.models.examine import examine_file
+from cxrtriage.models.examine import examine_file, note
 from cxrtriage.models.inference import Classifier
 
 
@@ -36,13 +36,11 @@ def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> l
             rows.append({**row, "error": item.detail or failed.text, "note": failed.text})
             continue
         image = item.image
-        notes = [f"gate would skip: {item.skipped.text}"] if item.skipped else []
-        note = "; ".join(notes + item.warnings)
         pred = classifier.predict([path.name], image[np.newaxis])[0]
         best = max(pred.probabilities, key=lambda k: pred.probabilities[k])
         row.update(label=best, probability=pred.probabilities[manifest.flag_label],
                    probabilities=pred.probabilities, flagged=pred.flagged,
-                   threshold=pred.threshold, note=note)
+                   threshold=pred.threshold, note=note(item))
         if heatmaps:
             from cxrtriage.models.gradcam import save_heatmap
 

@@ -132,19 +132,17 @@ class TryImage:
         return heat_rgba(cam, size)
 
     def run(self, data: bytes, filename: str) -> dict[str, Any]:
-        from cxrtriage.dicom.gating import gate_image
+        from cxrtriage.models.examine import gate, note
         from cxrtriage.models.gradcam import gradcam
 
-        note = ""
+        classifier = self.classifier()
+        remark = ""
         if len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom")):
             ds = read_dataset(BytesIO(data))
-            decision = gate_image(ds)
-            note = (f"the worker would not analyse this image: {decision.reason.text}" if decision.reason
-                    else "; ".join(decision.warnings))
+            remark = note(gate(ds, classifier.manifest))  # the worker's gate, age warning included
             gray = dataset_to_gray(ds)
         else:
             gray = image_file_to_gray(BytesIO(data))  # type: ignore[arg-type]
-        classifier = self.classifier()
         with self._lock:  # one inference at a time: the model is shared
             image = fit_to_square(gray, classifier.manifest.input_size)
             pred = classifier.predict(["upload"], image[np.newaxis])[0]
@@ -153,6 +151,6 @@ class TryImage:
         return {"model_name": m.name, "model_version": m.version, "flag_label": pred.flag_label,
                 "threshold": pred.threshold, "flagged": pred.flagged,
                 "probability": pred.probabilities[pred.flag_label],
-                "probabilities": pred.probabilities, "note": note,
+                "probabilities": pred.probabilities, "note": remark,
                 "image": data_uri(gray_png(fit_to_square(gray, 512))),
                 "heatmap": data_uri(heat_rgba(cam, 512))}
