@@ -8,13 +8,13 @@ broker ETAs, so a Redis restart or a visibility timeout cannot lose or duplicate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from cxrtriage.db.models import SrExport, SrExportAttempt, Study, utcnow
+from cxrtriage.db.models import SrExport, SrExportAttempt, Study, as_utc, utcnow
 from cxrtriage.domain import SR_KINDS, ExportState
 
 
@@ -32,11 +32,6 @@ class RetryPolicy:
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt}")
         return min(self.base_seconds * 2.0 ** min(attempt - 1, 60), self.max_interval_seconds)
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _earlier_sr_pending():  # type: ignore[no-untyped-def]
@@ -92,7 +87,7 @@ def record_attempt(session: Session, attempt_id: int, error: str, status: int | 
         raise LookupError(f"no SR export with id {attempt.export_id}")
     row.attempts += 1
     row.claimed_until = None
-    since = _aware(row.retry_since or row.created_at)
+    since = as_utc(row.retry_since or row.created_at)
     if not error:
         row.state, row.sent_at, row.last_error, row.next_attempt_at = ExportState.SENT, now, "", None
         row.sends += 1

@@ -18,17 +18,10 @@ from cxrtriage.db.models import (
     ModelVersion,
     SrExport,
     Study,
+    as_utc,
 )
-from cxrtriage.db.review import as_utc, flag_probability
+from cxrtriage.db.review import VERDICTS, flag_probability
 from cxrtriage.domain import ExportKind
-
-
-def _utc(value: datetime) -> datetime:
-    out = as_utc(value)
-    assert out is not None
-    return out
-
-VERDICTS = ("agree", "disagree", "uncertain")
 
 
 @dataclass
@@ -113,7 +106,7 @@ def version_reads(session: Session) -> list[VersionReads]:
         .group_by(InferenceResult.model_version_id, Instance.study_id, Study.created_at)).all()
     reads: dict[int, dict[int, StudyRead]] = {}
     for mv, study_id, received, result_at, probability, flagged in rows:
-        reads.setdefault(mv, {})[study_id] = StudyRead(study_id, _utc(received), _utc(result_at),
+        reads.setdefault(mv, {})[study_id] = StudyRead(study_id, as_utc(received), as_utc(result_at),
                                                        float(probability or 0.0), bool(flagged))
     for mv, study_id, verdict, created in session.execute(
             select(Feedback.model_version_id, Feedback.study_id, Feedback.verdict,
@@ -121,7 +114,7 @@ def version_reads(session: Session) -> list[VersionReads]:
         read = reads.get(mv, {}).get(study_id)
         if read is not None:
             read.verdicts.append(verdict)
-            created = _utc(created)
+            created = as_utc(created)
             if read.first_review_at is None or created < read.first_review_at:
                 read.first_review_at = created
     reasons: dict[int, dict[str, int]] = {}
@@ -135,7 +128,7 @@ def version_reads(session: Session) -> list[VersionReads]:
         not_analysed[mv].add(study_id)
         key = reason or "unknown"  # a domain.Reason code: a closed set, never file values
         reasons.setdefault(mv, {})[key] = reasons.setdefault(mv, {}).get(key, 0) + 1
-    return [VersionReads(v.id, v.name, v.version, v.manifest.get("threshold"), _utc(v.registered_at),
+    return [VersionReads(v.id, v.name, v.version, v.manifest.get("threshold"), as_utc(v.registered_at),
                          sorted(reads.get(v.id, {}).values(), key=lambda r: r.result_at),
                          len(not_analysed.get(v.id, set())), reasons.get(v.id, {}))
             for v in versions(session)]

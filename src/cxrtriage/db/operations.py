@@ -4,7 +4,7 @@ and the numbers behind the per-process metrics. Only UIDs, ids, states and count
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
@@ -18,19 +18,13 @@ from cxrtriage.db.models import (
     SchedulerRun,
     SrExport,
     Study,
+    as_utc,
     utcnow,
 )
 from cxrtriage.domain import SR_KINDS, ExportState, StudyState
 
 FINISHED_STATES = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
 WAITING_STATES = (StudyState.RECEIVED, StudyState.QUEUED, StudyState.PROCESSING)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything this program writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

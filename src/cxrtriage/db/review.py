@@ -21,6 +21,7 @@ from cxrtriage.db.models import (
     Study,
     StudyDetails,
     User,
+    as_utc,
     utcnow,
 )
 from cxrtriage.domain import StudyState
@@ -29,13 +30,6 @@ VERDICTS = ("agree", "disagree", "uncertain")
 FINISHED = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
 IN_PROGRESS = (StudyState.RECEIVED, StudyState.QUEUED, StudyState.PROCESSING)
 DETAIL_FIELDS = ("patient_name", "patient_id", "accession_number", "study_date", "study_description")
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -10,13 +10,12 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import ModelVersion, SrExport, Study
+from cxrtriage.db.models import ModelVersion, SrExport, Study, as_utc
 from cxrtriage.db.monitoring import model_stats, version_reads
 from cxrtriage.db.results import latest_export
 from cxrtriage.db.review import (
     VERDICTS,
     WorklistFilter,
-    as_utc,
     find_study,
     iso,
     record_details,
