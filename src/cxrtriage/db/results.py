@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
@@ -12,13 +13,19 @@ from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, ModelInfo, Predi
 
 
 def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
-    existing = session.scalar(select(ModelVersion).where(ModelVersion.device_uid == info.device_uid))
+    """The model version's id, registering it on first use. Workers starting together race to
+    register the same model: the unique device UID lets one insert win, the others read its row."""
+    existing = session.scalar(select(ModelVersion.id).where(ModelVersion.device_uid == info.device_uid))
     if existing is not None:
-        return existing.id
+        return existing
     row = ModelVersion(name=info.name, version=info.version, weights_sha256=info.weights_sha256,
                        device_uid=info.device_uid, manifest=manifest)
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return session.scalars(select(ModelVersion.id)
+                               .where(ModelVersion.device_uid == info.device_uid)).one()
     return row.id
 
 

@@ -322,12 +322,13 @@ def process_study(rt: Runtime, study_uid: str) -> StudyState | None:
     """Process a queued study once. Returns the final state, or None when there was nothing to
     do (another worker has it, it is no longer queued, or it changed while being read)."""
     manifest = rt.classifier.manifest
+    with rt.db.session() as session:  # its own transaction: a failure here never undoes a claim
+        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
     with rt.db.session() as session:
         claim = claim_study(session, study_uid, rt.settings.processing_lease_seconds,
                             rt.settings.study_max_attempts)
         if claim is None:
             return None
-        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
     logger.info("processing study", extra={"study_uid": study_uid, "instances": len(claim.instances),
                                            "attempt": claim.attempt})
     run = StudyRun(claim, model_version_id)
