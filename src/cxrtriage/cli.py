@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="model package folder (default: CXRTRIAGE_MODEL)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--heatmap", action="store_true", help="write a Grad-CAM PNG next to each image")
+    p.add_argument("--heatmap", action="store_true",
+                   help="write a heat map PNG (class activation map) next to each image")
     p = add("studies", cmd_studies, "recent studies, their state, reasons and results")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     sr_for_non_radiograph_studies: bool = False
     sweep_interval_seconds: float = Field(1.0, gt=0)
     model: Path = BUNDLED_MODEL
-    heatmaps: bool = True  # a Grad-CAM Secondary Capture per classified image, sent with the SR
+    heatmaps: bool = True  # a heat map Secondary Capture per classified image, sent with the SR
     max_instance_bytes: int = Field(256 * 1024 * 1024, gt=0)
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])

@@ -89,7 +89,7 @@ def test_study_sent_by_orthanc_comes_back_as_sr(tmp_path: Path, service_factory,
         pneumonia, normal = (str(ds.SOPInstanceUID) for ds in images)
         assert per_image[pneumonia] >= manifest["threshold"] > per_image[normal]
 
-    # A Grad-CAM Secondary Capture per classified image arrives in the same study.
+    # A heat map Secondary Capture per classified image arrives in the same study.
     heatmaps = wait_for(lambda: orthanc.post("/tools/find", {"Level": "Instance", "Query": {
         "StudyInstanceUID": study_uid, "SOPClassUID": SECONDARY_CAPTURE}}), 60, "heatmaps in Orthanc")
     assert len(heatmaps) == 2  # type: ignore[arg-type]

@@ -83,13 +83,14 @@ def test_superseding_sr_is_valid_and_references_its_predecessor(tmp_path, study)
 def test_heatmap_secondary_capture_is_valid(tmp_path, study, tiny_package):
     from cxrtriage.dicom.heatmap_writer import build_heatmap
     from cxrtriage.dicom.preprocess import dataset_to_gray
-    from cxrtriage.models.gradcam import overlay
+    from cxrtriage.models.heatmap import overlay
     from cxrtriage.models.inference import Classifier
     from cxrtriage.models.model_input import fit_to_square
 
     classifier = Classifier(tiny_package)
     image = fit_to_square(dataset_to_gray(radiograph()), classifier.input_size)
-    sc = build_heatmap(study[0], overlay(classifier, image), MODEL, 1)
+    _, maps = classifier.predict_with_heatmaps(["x"], image[None])
+    sc = build_heatmap(study[0], overlay(image, maps[0]), MODEL, 1)
     assert sc.StudyInstanceUID == study[0].StudyInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == study[0].SOPInstanceUID
     path = tmp_path / "heatmap.dcm"

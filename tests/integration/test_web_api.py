@@ -502,7 +502,7 @@ def test_study_image_is_rendered_from_the_stored_dicom(env) -> None:
 
     def painted(uid: str) -> np.ndarray:
         image = client.get(f"/api/studies/{uid}").json()["images"][0]
-        assert image["heatmap_url"] is None  # seeded without a stored Grad-CAM image
+        assert image["heatmap_url"] is None  # seeded without a stored heat map image
         png = client.get(image["image_url"])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         return np.asarray(Image.open(BytesIO(png.content)), dtype=np.float32)
@@ -615,7 +615,7 @@ def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
 
 
 def test_heatmap_computed_when_the_worker_stored_none(env, tiny_package) -> None:
-    """With CXRTRIAGE_HEATMAPS off the worker stores no Grad-CAM image; the app computes the map
+    """With CXRTRIAGE_HEATMAPS off the worker stores no heat map image; the app computes the map
     with the same weights (never with other weights) and overlays it."""
     from cxrtriage.db.results import register_model
     from cxrtriage.models.package import read_manifest

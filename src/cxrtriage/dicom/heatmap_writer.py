@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps as DICOM Secondary Capture images in the source image's study, so that a
+"""Heat maps (class activation maps) as DICOM Secondary Capture images in the source image's study, so that a
 radiologist can open them in the PACS viewer next to the radiograph."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def heatmap_uids(source_sop_uid: str, study_uid: str, model: ModelInfo,
 def build_heatmap(source: Dataset, rgb: np.ndarray, model: ModelInfo, instance_number: int,
                   source_sha256: str = "") -> Dataset:
     """`source`: the clean header of the image (sr_header.clean_header). `rgb`: uint8
-    [rows, cols, 3] overlay of the preprocessed image and its Grad-CAM map."""
+    [rows, cols, 3] overlay of the preprocessed image and its heat map."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb must be uint8 [rows, cols, 3], got {rgb.dtype} {rgb.shape}")
     series_uid, sop_uid = heatmap_uids(str(source.SOPInstanceUID), str(source.StudyInstanceUID), model,
@@ -34,8 +34,9 @@ def build_heatmap(source: Dataset, rgb: np.ndarray, model: ModelInfo, instance_n
         coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SERIES_NUMBER,
         sop_instance_uid=sop_uid, instance_number=instance_number, manufacturer="cxr-triage",
         patient_orientation=("L", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1")
-    sc.SeriesDescription = "cxr-triage Grad-CAM heatmap (not for diagnostic use)"
-    sc.ImageComments = f"Grad-CAM of {model.name} {model.version}; triage aid, not for diagnostic use"
+    sc.SeriesDescription = "cxr-triage heatmap (not for diagnostic use)"
+    sc.ImageComments = (f"Class activation map of {model.name} {model.version}; "
+                        "triage aid, not for diagnostic use")
     sc.BurnedInAnnotation = "NO"
     sc.Laterality = ""  # type 2C: the chest is not a paired structure, so present and empty
     sc.ConversionType = "WSD"

@@ -131,7 +131,7 @@ doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
   PA views, other scanners or other hospitals without local validation.
 - Validation images come from the same source as training; published work on this set shows lower
   accuracy on its official test split than on internal validation.
-- Pneumonia labels are image-level; the model does not localise disease (Grad-CAM maps are an aid,
+- Pneumonia labels are image-level; the model does not localise disease (heat maps are an aid,
   not evidence), and it cannot distinguish bacterial from viral pneumonia.
 - Low input resolution ({m.input_size} px) limits subtle findings.
 """

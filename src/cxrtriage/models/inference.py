@@ -40,8 +40,7 @@ class Classifier:
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
-                batch = ((batch.float() - m.mean) / m.std).unsqueeze(1).to(self.device)
+                batch = self._normalised(images[start : start + self.batch_size]).to(self.device)
                 out.append(self.model(batch).float().cpu())
         return torch.cat(out) if out else torch.zeros((0, len(m.labels)))
 
@@ -49,9 +48,34 @@ class Classifier:
         """Temperature-scaled softmax probabilities, columns in manifest label order."""
         return torch.softmax(self.logits(images) / self.manifest.temperature, dim=1).numpy()
 
-    def predict(self, sop_uids: list[str], images: np.ndarray) -> list[Prediction]:
+    def _normalised(self, images: np.ndarray) -> torch.Tensor:
         m = self.manifest
-        probs = self.probabilities(images)
+        return ((torch.from_numpy(np.ascontiguousarray(images)).float() - m.mean) / m.std).unsqueeze(1)
+
+    def predict(self, sop_uids: list[str], images: np.ndarray) -> list[Prediction]:
+        return self._predictions(sop_uids, self.probabilities(images))
+
+    def predict_with_heatmaps(self, sop_uids: list[str],
+                              images: np.ndarray) -> tuple[list[Prediction], np.ndarray]:
+        """Predictions and the flag label's heat maps ([N, S, S] in [0, 1]), from the same forward
+        pass where the architecture allows it (see models/heatmap.py)."""
+        from cxrtriage.models.heatmap import ActivationMaps, gradcam, normalise
+
+        m = self.manifest
+        flag_index = m.labels.index(m.flag_label)
+        maps = ActivationMaps(self.model, flag_index)
+        if not maps.available:
+            x = self._normalised(images).to(self.device)
+            cams = np.stack([gradcam(self.model, x[i : i + 1], flag_index) for i in range(len(images))])
+            return self.predict(sop_uids, images), cams
+        with maps:
+            logits = self.logits(images)
+        cams = normalise(torch.cat(maps.collect(images.shape[-1])))
+        probs = torch.softmax(logits / m.temperature, dim=1).numpy()
+        return self._predictions(sop_uids, probs), cams
+
+    def _predictions(self, sop_uids: list[str], probs: np.ndarray) -> list[Prediction]:
+        m = self.manifest
         flag_index = m.labels.index(m.flag_label)
         return [
             Prediction(

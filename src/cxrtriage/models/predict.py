@@ -9,6 +9,7 @@ import numpy as np
 
 from cxrtriage.domain import Reason
 from cxrtriage.models.examine import examine_file, note
+from cxrtriage.models.heatmap import save_heatmap
 from cxrtriage.models.inference import Classifier
 
 
@@ -36,14 +37,15 @@ def predict_paths(paths: list[Path], package: Path, heatmaps: bool = False) -> l
             rows.append({**row, "error": item.detail or failed.text, "note": failed.text})
             continue
         image = item.image
-        pred = classifier.predict([path.name], image[np.newaxis])[0]
+        if heatmaps:
+            preds, cams = classifier.predict_with_heatmaps([path.name], image[np.newaxis])
+            row["heatmap"] = str(save_heatmap(image, cams[0], path.with_suffix(".heatmap.png")))
+        else:
+            preds = classifier.predict([path.name], image[np.newaxis])
+        pred = preds[0]
         best = max(pred.probabilities, key=lambda k: pred.probabilities[k])
         row.update(label=best, probability=pred.probabilities[manifest.flag_label],
                    probabilities=pred.probabilities, flagged=pred.flagged,
                    threshold=pred.threshold, note=note(item))
-        if heatmaps:
-            from cxrtriage.models.gradcam import save_heatmap
-
-            row["heatmap"] = str(save_heatmap(classifier, image, path.with_suffix(".gradcam.png")))
         rows.append(row)
     return rows

@@ -1,5 +1,5 @@
 """Pictures for the browser, rendered on the server with the model's own grayscale pipeline
-(modality LUT, VOI, MONOCHROME1 inversion) and square framing, so the Grad-CAM map, computed on
+(modality LUT, VOI, MONOCHROME1 inversion) and square framing, so the heat map, computed on
 that frame, lines up with the image exactly."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def render_instance(path: str, size: int = DISPLAY_SIZE) -> bytes:
 
 
 def cam_from_overlay(rgb: np.ndarray) -> np.ndarray:
-    """Recover the [0, 1] Grad-CAM map from the worker's blended overlay, which keeps
+    """Recover the [0, 1] heat map from the worker's blended overlay, which keeps
     red = g(1 - c/2) + 255 c/2 and green = g(1 - c/2); so red - green = 255 c / 2."""
     diff = rgb[..., 0].astype(np.float32) - rgb[..., 1].astype(np.float32)
     return np.clip(diff / 127.5, 0.0, 1.0)
@@ -74,7 +74,7 @@ def _heat_from_file(path: str, _mtime: float, size: int) -> bytes:
 
 
 def render_heatmap(path: str, size: int = DISPLAY_SIZE) -> bytes:
-    """The stored Grad-CAM Secondary Capture as a transparent overlay PNG."""
+    """The stored heat map Secondary Capture as a transparent overlay PNG."""
     file = Path(path)
     if not file.is_file():
         raise InvalidInputError("the stored heatmap file is missing")
@@ -104,7 +104,7 @@ class TryImage:
 
     @property
     def weights_sha256(self) -> str:
-        """The weights this app can compute Grad-CAM maps with (from the manifest, no loading)."""
+        """The weights this app can compute heat maps with (from the manifest, no loading)."""
         if self._sha is None:
             try:
                 from cxrtriage.models.package import read_manifest
@@ -115,7 +115,7 @@ class TryImage:
         return self._sha
 
     def heatmap(self, path: str, size: int = DISPLAY_SIZE) -> bytes:
-        """Grad-CAM of a stored image, computed now (when the worker stored none)."""
+        """The heat map of a stored image, computed now (when the worker stored none)."""
         file = Path(path)
         if not file.is_file():
             raise InvalidInputError("the stored image file is missing")
@@ -123,17 +123,14 @@ class TryImage:
 
     @lru_cache(maxsize=16)  # noqa: B019 - one TryImage per app, kept for the app's life
     def _heatmap(self, path: str, _mtime: float, size: int) -> bytes:
-        from cxrtriage.models.gradcam import gradcam
-
         classifier = self.classifier()
         image = fit_to_square(dataset_to_gray(read_dataset(path)), classifier.manifest.input_size)
         with self._lock:
-            cam = gradcam(classifier, image)
-        return heat_rgba(cam, size)
+            _, cams = classifier.predict_with_heatmaps([""], image[np.newaxis])
+        return heat_rgba(cams[0], size)
 
     def run(self, data: bytes, filename: str) -> dict[str, Any]:
         from cxrtriage.models.examine import gate, note
-        from cxrtriage.models.gradcam import gradcam
 
         classifier = self.classifier()
         remark = ""
@@ -145,8 +142,8 @@ class TryImage:
             gray = image_file_to_gray(BytesIO(data))  # type: ignore[arg-type]
         with self._lock:  # one inference at a time: the model is shared
             image = fit_to_square(gray, classifier.manifest.input_size)
-            pred = classifier.predict(["upload"], image[np.newaxis])[0]
-            cam = gradcam(classifier, image)
+            preds, cams = classifier.predict_with_heatmaps(["upload"], image[np.newaxis])
+        pred, cam = preds[0], cams[0]
         m = classifier.manifest
         return {"model_name": m.name, "model_version": m.version, "flag_label": pred.flag_label,
                 "threshold": pred.threshold, "flagged": pred.flagged,

@@ -115,7 +115,7 @@ def worklist_view(session: Session, user_id: int, params: dict[str, str],
 
 
 def _heatmap_paths(session: Session, study: Study) -> dict[str, str]:
-    """Stored Grad-CAM images of the current result, by source SOP Instance UID."""
+    """Stored heat map images of the current result, by source SOP Instance UID."""
     version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
     if version is None:
         return {}
@@ -133,7 +133,7 @@ def _heatmap_paths(session: Session, study: Study) -> dict[str, str]:
 
 def study_view(session: Session, study_uid: str, user_id: int, viewer_template: str,
                live_sha256: str = "") -> dict[str, Any] | None:
-    """`live_sha256`: weights the app can compute Grad-CAM with, for results whose worker stored
+    """`live_sha256`: weights the app can compute heat maps with, for results whose worker stored
     no heatmap (CXRTRIAGE_HEATMAPS off)."""
     study = find_study(session, study_uid)
     if study is None:

@@ -70,13 +70,14 @@ class StudyRun:
     model_version_id: int
     items: list[tuple[InstanceRef, Examined]] = field(default_factory=list)
     predictions: dict[int, Prediction] = field(default_factory=dict)
+    heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # by instance id, [S, S] in [0, 1]
     reason: Reason | None = None  # set once the study cannot be analysed
     state: StudyState | None = None
     minimal_headers: bool = False
     outputs: list[Output] = field(default_factory=list)
 
     def fail(self, reason: Reason, minimal_headers: bool) -> None:
-        self.predictions, self.outputs = {}, []
+        self.predictions, self.heatmaps, self.outputs = {}, {}, []
         self.reason, self.minimal_headers = reason, minimal_headers
 
     @property
@@ -112,8 +113,12 @@ def classify(rt: Runtime, run: StudyRun) -> None:
     accepted = [(ref, item.image) for ref, item in run.items if item.image is not None]
     if run.reason or not accepted:
         return
-    preds = rt.classifier.predict([ref.sop_instance_uid for ref, _ in accepted],
-                                  np.stack([image for _, image in accepted]))
+    uids, images = [ref.sop_instance_uid for ref, _ in accepted], np.stack([image for _, image in accepted])
+    if rt.settings.heatmaps:
+        preds, maps = rt.classifier.predict_with_heatmaps(uids, images)
+        run.heatmaps = {ref.instance_id: cam for (ref, _), cam in zip(accepted, maps, strict=True)}
+    else:
+        preds = rt.classifier.predict(uids, images)
     run.predictions = {ref.instance_id: pred for (ref, _), pred in zip(accepted, preds, strict=True)}
 
 
@@ -206,26 +211,26 @@ def report(rt: Runtime, run: StudyRun) -> None:
                                 lambda: build_report(content, uids, _previous_sr(run.claim, uids.sop_uid)))
     kind = ExportKind.ANALYSED if run.state == StudyState.DONE else ExportKind.NOT_ANALYSED
     run.outputs = [Output(path, sr, kind)]
-    if rt.settings.heatmaps and run.predictions:
+    if run.heatmaps:
         _add_heatmaps(rt, run, headers)
 
 
 def _add_heatmaps(rt: Runtime, run: StudyRun, headers: dict[str, Dataset]) -> None:
-    """A Grad-CAM Secondary Capture per classified image. A heatmap is an extra: failing to make
-    one is logged and never costs the study its result."""
-    from cxrtriage.models.gradcam import overlay
+    """A heat map Secondary Capture per classified image, from the maps the classify step kept:
+    no second decode and no second pass. A heatmap is an extra: failing to make one is logged
+    and never costs the study its result."""
+    from cxrtriage.models.heatmap import overlay
 
-    classifier = rt.classifier
-    model = classifier.manifest.model_info()
+    model = rt.classifier.manifest.model_info()
     classified = [(ref, item) for ref, item in run.items
-                  if ref.instance_id in run.predictions and ref.sop_instance_uid in headers]
+                  if ref.instance_id in run.heatmaps and ref.sop_instance_uid in headers]
     for number, (ref, item) in enumerate(classified, start=1):
-        header, image = headers[ref.sop_instance_uid], item.image
+        header, image, cam = headers[ref.sop_instance_uid], item.image, run.heatmaps[ref.instance_id]
         if image is None:
             continue
         series_uid, sop_uid = heatmap_uids(ref.sop_instance_uid, run.claim.study_uid, model, ref.sha256)
-        build = partial(lambda h, i, n, sha: build_heatmap(h, overlay(classifier, i), model, n, sha),
-                        header, image, number, ref.sha256)
+        build = partial(lambda h, i, c, n, sha: build_heatmap(h, overlay(i, c), model, n, sha),
+                        header, image, cam, number, ref.sha256)
         try:
             path, sc = _stored_or_built(rt, run.claim.study_uid, series_uid, sop_uid, build)
         except Exception as exc:

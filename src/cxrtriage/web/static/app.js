@@ -1,4 +1,4 @@
-// The heatmap toggle: shows or hides every Grad-CAM overlay on the page.
+// The heatmap toggle: shows or hides every heat map overlay on the page.
 document.addEventListener("DOMContentLoaded", function () {
   var toggle = document.getElementById("heatmap-toggle");
   if (!toggle) { return; }
