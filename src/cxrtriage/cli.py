@@ -101,7 +101,8 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     from cxrtriage.cli_ops import metrics_port
     from cxrtriage.worker import monitoring
 
-    index: Any = DatabaseIndex(db, identity)
+    wake = threading.Event()  # an association closed: its studies may go quiet; sweep then
+    index: Any = DatabaseIndex(db, identity, closed=None if args.no_scheduler else wake)
     scheduler_metrics = None
     if port := metrics_port(args, settings):
         registry = monitoring.new_registry()
@@ -115,7 +116,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     scheduler = None
     if not args.no_scheduler:
         scheduler = threading.Thread(target=run_scheduler, args=(settings, stop, scheduler_metrics),
-                                     daemon=True)
+                                     kwargs={"wake": wake}, daemon=True)
         scheduler.start()
     stop.wait()
     receiver.stop()

@@ -41,19 +41,32 @@ def _earlier_sr_pending():  # type: ignore[no-untyped-def]
                                earlier.kind.in_(SR_KINDS), earlier.state == ExportState.PENDING))
 
 
-def due_exports(session: Session, hold_seconds: float, now: datetime | None = None) -> list[int]:
-    """Pending exports whose next attempt is due, oldest first. Each is pushed `hold_seconds`
-    into the future (longer than one attempt's deadline), so it is dispatched once per attempt
-    and re-dispatched only if that attempt's message or worker was lost."""
+def due_export_batches(session: Session, hold_seconds: float, now: datetime | None = None,
+                       study_uid: str | None = None) -> list[list[int]]:
+    """Pending exports whose next attempt is due, oldest first, in one batch per study (to go
+    out over one association). Each is pushed `hold_seconds` into the future (longer than one
+    attempt's deadline), so it is dispatched once per attempt and re-dispatched only if that
+    attempt's message or worker was lost."""
     now = now or utcnow()
-    ids = list(session.scalars(
-        select(SrExport.id).where(SrExport.state == ExportState.PENDING, SrExport.next_attempt_at <= now,
-                                  ~(SrExport.kind.in_(SR_KINDS) & _earlier_sr_pending()))
-        .order_by(SrExport.id)).all())
-    if ids:
-        session.execute(update(SrExport).where(SrExport.id.in_(ids))
-                        .values(next_attempt_at=now + timedelta(seconds=hold_seconds)))
-    return ids
+    query = select(SrExport.id, SrExport.study_id).where(
+        SrExport.state == ExportState.PENDING, SrExport.next_attempt_at <= now,
+        ~(SrExport.kind.in_(SR_KINDS) & _earlier_sr_pending()))
+    if study_uid is not None:
+        query = query.join(Study, Study.id == SrExport.study_id).where(Study.study_uid == study_uid)
+    rows = session.execute(query.order_by(SrExport.id)).all()
+    if not rows:
+        return []
+    session.execute(update(SrExport).where(SrExport.id.in_([r.id for r in rows]))
+                    .values(next_attempt_at=now + timedelta(seconds=hold_seconds)))
+    batches: dict[int, list[int]] = {}
+    for export_id, study in rows:
+        batches.setdefault(study, []).append(export_id)
+    return list(batches.values())
+
+
+def due_exports(session: Session, hold_seconds: float, now: datetime | None = None) -> list[int]:
+    """The due exports' ids, oldest first (see due_export_batches)."""
+    return sorted(i for batch in due_export_batches(session, hold_seconds, now) for i in batch)
 
 
 def claim_export(session: Session, export_id: int, seconds: float) -> SrExportAttempt | None:

@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import Association, Instance, Series, SrExport, Study, StudyAssociation, utcnow
+from cxrtriage.db.models import (
+    Association,
+    Instance,
+    Series,
+    SrExport,
+    Study,
+    StudyAssociation,
+    as_utc,
+    utcnow,
+)
 from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, Reason, StudyState
 
 
@@ -37,6 +46,14 @@ def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | 
         if result.rowcount:  # type: ignore[attr-defined]
             queued.append(study_uid)
     return queued
+
+
+def next_quiet_at(session: Session, quiet_seconds: float) -> datetime | None:
+    """When the next received study with no sending association open becomes quiet; None when
+    there is none (a study still being sent is woken by its association's close)."""
+    last = session.scalar(select(func.min(Study.last_received_at)).where(
+        Study.state == StudyState.RECEIVED, ~_has_open_association()))
+    return as_utc(last) + timedelta(seconds=quiet_seconds) if last is not None else None
 
 
 def requeue_abandoned(session: Session, redispatch_seconds: float, now: datetime | None = None) -> list[str]:

@@ -30,9 +30,11 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     control = Path(settings.broker_dir).resolve() / "control"  # not the working directory
     for folder in (queue, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
+    # The filesystem transport polls its folder; kombu's 1 s default would add half a second on
+    # average to each hop (study, then export). Listing a small folder ten times a second is cheap.
     return {"data_folder_in": str(queue), "data_folder_out": str(queue),
             "processed_folder": str(processed), "control_folder": str(control),
-            "store_processed": False}
+            "store_processed": False, "polling_interval": 0.1}
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -47,8 +49,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     - task_reject_on_worker_lost: requeues the message when a prefork child is killed. It has no
       effect on the solo and threads pools that GPU workers use; there the database lease is what
       recovers a killed worker: the scheduler requeues a study whose lease expired
-      (requeue_abandoned) and fails it after MAX_STUDY_ATTEMPTS claims (fail_exhausted), so the
-      attempt count in the database, not the broker, caps redelivery.
+      (requeue_abandoned), and past CXRTRIAGE_STUDY_MAX_ATTEMPTS claims the study gets its "not
+      analysed" SR (claim_study), so the attempt count in the database caps redelivery.
     - worker_cancel_long_running_tasks_on_connection_loss: when the broker connection drops, the
       acknowledgement of a running late-ack task cannot be delivered and the broker will redeliver
       the message anyway; cancelling the task avoids two copies running. Cancelling is safe because

@@ -1,4 +1,5 @@
-"""Sending a stored SR to the configured destination, one claimed and recorded attempt at a time.
+"""Sending stored SRs and heatmaps to their destination, each a claimed and recorded attempt;
+a study's objects share one association.
 
 Exports run on their own queue (EXPORT_QUEUE), so a PACS that is down never holds up
 classification. Retries are driven by the database (db/exports.py), not by broker ETAs.
@@ -8,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cxrtriage.config import Destination, Settings
 from cxrtriage.db.exports import RetryPolicy, claim_export, record_attempt
 from cxrtriage.db.models import SrExport
-from cxrtriage.dicom.sender import send_file
+from cxrtriage.dicom.sender import Delivery, send_files
 from cxrtriage.dicom.tls import client_context
 from cxrtriage.domain import ExportState
-from cxrtriage.errors import TransientError
 
 if TYPE_CHECKING:  # the scheduler imports this module and must not load the model stack
     from cxrtriage.worker.runtime import Runtime
@@ -49,29 +50,60 @@ def claim_seconds(settings: Settings) -> float:
     return settings.sr_send_deadline_seconds + settings.sr_connect_timeout_seconds + CLAIM_SLACK_SECONDS / 2
 
 
-def export_sr(rt: Runtime, export_id: int) -> str:
+@dataclass(frozen=True)
+class Claimed:
+    export_id: int
+    attempt_id: int
+    path: str
+    destination: str
+    resend: bool
+
+
+def _claim(rt: Runtime, export_ids: list[int]) -> list[Claimed]:
+    claimed = []
+    with rt.db.session() as session:
+        for export_id in export_ids:
+            attempt = claim_export(session, export_id, claim_seconds(rt.settings))
+            if attempt is None:
+                continue  # sent meanwhile, or another worker is sending it
+            row = session.get(SrExport, export_id)
+            assert row is not None  # claimed just now, in this transaction
+            claimed.append(Claimed(export_id, attempt.id, row.path, row.destination, attempt.resend))
+    return claimed
+
+
+def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
+    """One attempt at each export: a study's SR and its heatmaps go out over one association per
+    destination. Returns each claimed export's state ("nothing to do" when none was claimed)."""
     settings = rt.settings
-    with rt.db.session() as session:
-        attempt = claim_export(session, export_id, claim_seconds(settings))
-        if attempt is None:
-            return "nothing to do"
-        attempt_id = attempt.id
-        row = session.get(SrExport, export_id)
-        assert row is not None  # claimed just now, in this transaction
-        path, destination, resend = row.path, Destination(row.destination), attempt.resend
-    error, status = "", None
-    try:
-        status = send_file(path, destination.ae_title, destination.host, destination.port,
-                           settings.sr_calling_ae, connect_timeout=settings.sr_connect_timeout_seconds,
-                           deadline=settings.sr_send_deadline_seconds, ssl_context=sender_tls(settings))
-    except TransientError as exc:
-        error = str(exc)
-    except (OSError, ValueError, RuntimeError) as exc:
-        error = f"sending failed: {type(exc).__name__}"
-    with rt.db.session() as session:
-        row = record_attempt(session, attempt_id, error, status, retry_policy(settings))
-        state, attempts = row.state, row.attempts
-    level = logging.WARNING if state == ExportState.FAILED else logging.INFO
-    logger.log(level, "SR export attempt", extra={"export_id": export_id, "state": state,
-                                                  "attempt": attempts, "resend": resend, "error": error})
-    return state
+    claimed = _claim(rt, export_ids)
+    if not claimed:
+        return ["nothing to do"]
+    states = []
+    for destination_text in dict.fromkeys(c.destination for c in claimed):
+        group = [c for c in claimed if c.destination == destination_text]
+        destination = Destination(destination_text)
+        try:
+            deliveries = send_files([c.path for c in group], destination.ae_title, destination.host,
+                                    destination.port, settings.sr_calling_ae,
+                                    connect_timeout=settings.sr_connect_timeout_seconds,
+                                    deadline=settings.sr_send_deadline_seconds,
+                                    ssl_context=sender_tls(settings))
+        except (OSError, ValueError, RuntimeError) as exc:
+            deliveries = [Delivery(None, f"sending failed: {type(exc).__name__}")] * len(group)
+        with rt.db.session() as session:
+            recorded = [(c, record_attempt(session, c.attempt_id, d.error, d.status, retry_policy(settings)))
+                        for c, d in zip(group, deliveries, strict=True)]
+            outcomes = [(c, row.state, row.attempts, d.error)
+                        for (c, row), d in zip(recorded, deliveries, strict=True)]
+        for c, state, attempts, error in outcomes:
+            level = logging.WARNING if state == ExportState.FAILED else logging.INFO
+            logger.log(level, "SR export attempt", extra={"export_id": c.export_id, "state": state,
+                                                          "attempt": attempts, "resend": c.resend,
+                                                          "error": error})
+            states.append(state)
+    return states
+
+
+def export_sr(rt: Runtime, export_id: int) -> str:
+    return export_srs(rt, [export_id])[0]

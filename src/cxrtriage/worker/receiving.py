@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -16,9 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 class DatabaseIndex:
-    def __init__(self, db: Database, receiver_id: str = "") -> None:
+    def __init__(self, db: Database, receiver_id: str = "",
+                 closed: threading.Event | None = None) -> None:
         self.db = db
         self.receiver_id = receiver_id  # this receiver's association rows are its own
+        self.closed = closed  # set when an association closes: wakes the scheduler beside us
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
         with self.db.session() as session:
@@ -31,6 +34,8 @@ class DatabaseIndex:
     def association_closed(self, association_id: str) -> None:
         with self.db.session() as session:
             ingest.close_association(session, association_id)
+        if self.closed is not None:
+            self.closed.set()
 
     def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
         with self.db.session() as session:

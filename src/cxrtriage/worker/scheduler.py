@@ -2,6 +2,9 @@
 
 Every sweep it queues studies that went quiet, re-dispatches studies whose worker died or whose
 message was lost, dispatches due SR exports, and once a night requeues studies for a new model.
+It sweeps at the interval, and also at the moment the next study becomes quiet, or when the
+receiver beside it wakes it (an association closed), so a study is queued when it goes quiet,
+not at the next tick.
 
 Several schedulers may run at once, and that is harmless (each `cxrtriage receiver` runs one
 unless started with --no-scheduler): every study and export transition is a conditional update,
@@ -17,12 +20,14 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 from cxrtriage.config import Settings
-from cxrtriage.db.exports import due_exports
+from cxrtriage.db.exports import due_export_batches
 from cxrtriage.db.ingest import expire_associations
+from cxrtriage.db.models import utcnow
 from cxrtriage.db.operations import (
     ReprocessSelection,
     claim_run,
@@ -33,7 +38,7 @@ from cxrtriage.db.operations import (
 )
 from cxrtriage.db.retention import mark_purged, purge_candidates
 from cxrtriage.db.session import Database
-from cxrtriage.db.studies import queue_quiet_studies, requeue_abandoned
+from cxrtriage.db.studies import next_quiet_at, queue_quiet_studies, requeue_abandoned
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.worker.app import QUEUE, app
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
@@ -43,10 +48,20 @@ from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
 
 logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
+MIN_PAUSE_SECONDS = 0.01  # also the margin past a quiet time, so the study is quiet when swept
 
 
-def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
-    """One pass; returns what it dispatched."""
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep dispatched, and when the next study goes quiet (None: none waiting)."""
+
+    studies: list[str]
+    exports: list[list[int]]  # a batch per study
+    next_quiet_at: datetime | None
+
+
+def sweep(db: Database, settings: Settings) -> Swept:
+    """One pass."""
     with db.session() as session:
         expired = expire_associations(session, settings.association_liveness_seconds)
     if expired:
@@ -55,12 +70,21 @@ def sweep(db: Database, settings: Settings) -> tuple[list[str], list[int]]:
     with db.session() as session:
         studies = queue_quiet_studies(session, settings.study_quiet_seconds)
         studies += requeue_abandoned(session, settings.processing_lease_seconds)
-        exports = due_exports(session, hold_seconds=dispatch_hold_seconds(settings))
+        exports = due_export_batches(session, hold_seconds=dispatch_hold_seconds(settings))
+        quiet_at = next_quiet_at(session, settings.study_quiet_seconds)
     for uid in studies:
         enqueue_study(uid)
-    for export_id in exports:
-        enqueue_export(export_id)
-    return studies, exports
+    for batch in exports:
+        enqueue_export(batch)
+    return Swept(studies, exports, quiet_at)
+
+
+def pause_seconds(settings: Settings, swept: Swept | None, now: datetime) -> float:
+    """Until the next sweep: the interval, or less when a study goes quiet sooner."""
+    pause = settings.sweep_interval_seconds
+    if swept is not None and swept.next_quiet_at is not None:
+        pause = min(pause, (swept.next_quiet_at - now).total_seconds() + MIN_PAUSE_SECONDS)
+    return max(pause, MIN_PAUSE_SECONDS)
 
 
 def apply_retention(db: Database, settings: Settings, now: datetime | None = None) -> int:
@@ -137,19 +161,31 @@ def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
         metrics.queue_depth.labels(queue=QUEUE).set(depth)
 
 
+def _pause(stop: threading.Event, wake: threading.Event, seconds: float) -> None:
+    """Wait `seconds`, or until woken or stopped (stop is looked at every half second)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        if wake.wait(min(left, 0.5)):
+            return
+
+
 def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
-                  gauge_interval_seconds: float = 5.0) -> None:
+                  gauge_interval_seconds: float = 5.0, wake: threading.Event | None = None) -> None:
+    """Sweep until `stop`; `wake` (set by the receiver beside it) starts the next sweep early."""
     db = Database(settings.database_url)
+    wake = wake or threading.Event()
     last_nightly: date | None = None
     nightly: threading.Thread | None = None
     last_gauges = last_retention = 0.0
     while not stop.is_set():
         started = time.monotonic()
+        swept = None
+        wake.clear()  # before the sweep: a wake-up during it starts the next one at once
         try:
-            studies, exports = sweep(db, settings)
+            swept = sweep(db, settings)
             if metrics:
-                metrics.dispatched.labels(kind="study").inc(len(studies))
-                metrics.dispatched.labels(kind="export").inc(len(exports))
+                metrics.dispatched.labels(kind="study").inc(len(swept.studies))
+                metrics.dispatched.labels(kind="export").inc(sum(map(len, swept.exports)))
             if started - last_retention > RETENTION_INTERVAL_SECONDS:
                 last_retention = started
                 apply_retention(db, settings)
@@ -173,6 +209,6 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
                     refresh_gauges(db, metrics)
                 except Exception:  # a gauge left stale never stops the sweeps
                     logger.warning("metrics refresh failed", exc_info=True)
-        stop.wait(settings.sweep_interval_seconds)
+        _pause(stop, wake, pause_seconds(settings, swept, utcnow()))
     if nightly is not None:
         nightly.join(timeout=10)

@@ -1,17 +1,30 @@
-"""Tasks are one-liners over plain functions; their arguments are ids and UIDs only."""
+"""Tasks are thin wrappers over plain functions; their arguments are ids and UIDs only."""
 
 from __future__ import annotations
 
+import logging
+
 from cxrtriage.worker import export, pipeline
 from cxrtriage.worker.app import app
+from cxrtriage.worker.dispatch import dispatch_study_exports
 from cxrtriage.worker.runtime import runtime
+
+logger = logging.getLogger(__name__)
 
 
 @app.task(name="cxrtriage.process_study")
 def process_study(study_uid: str) -> str | None:
-    return pipeline.process_study(runtime(), study_uid)
+    rt = runtime()
+    state = pipeline.process_study(rt, study_uid)
+    if state is not None:
+        try:
+            dispatch_study_exports(rt.db, rt.settings, study_uid)
+        except Exception:  # the broker is away: the scheduler dispatches them once it is back
+            logger.warning("SR export not dispatched; the scheduler will", extra={"study_uid": study_uid})
+    return state
 
 
 @app.task(name="cxrtriage.export_sr")
-def export_sr(export_id: int) -> str:
-    return export.export_sr(runtime(), export_id)
+def export_sr(export_ids: list[int] | int) -> list[str]:
+    # One id: a message queued by a version before exports were sent together.
+    return export.export_srs(runtime(), export_ids if isinstance(export_ids, list) else [export_ids])
