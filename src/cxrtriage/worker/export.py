@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the scheduler imports this module and must not load the mod
 
 logger = logging.getLogger(__name__)
 CLAIM_SLACK_SECONDS = 30.0
+NOTHING_TO_DO = "nothing to do"
 
 
 def sender_tls(settings: Settings) -> ssl.SSLContext | None:
@@ -74,12 +75,11 @@ def _claim(rt: Runtime, export_ids: list[int]) -> list[Claimed]:
 
 def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
     """One attempt at each export: a study's SR and its heatmaps go out over one association per
-    destination. Returns each claimed export's state ("nothing to do" when none was claimed)."""
+    destination. Returns each export's state, in order ("nothing to do" for one not claimed:
+    sent meanwhile, or being sent by another worker)."""
     settings = rt.settings
     claimed = _claim(rt, export_ids)
-    if not claimed:
-        return ["nothing to do"]
-    states = []
+    states = dict.fromkeys(export_ids, NOTHING_TO_DO)
     for destination_text in dict.fromkeys(c.destination for c in claimed):
         group = [c for c in claimed if c.destination == destination_text]
         destination = Destination(destination_text)
@@ -101,8 +101,8 @@ def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
             logger.log(level, "SR export attempt", extra={"export_id": c.export_id, "state": state,
                                                           "attempt": attempts, "resend": c.resend,
                                                           "error": error})
-            states.append(state)
-    return states
+            states[c.export_id] = state
+    return [states[i] for i in export_ids]
 
 
 def export_sr(rt: Runtime, export_id: int) -> str:

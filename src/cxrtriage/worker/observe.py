@@ -60,8 +60,11 @@ def _finished(task_id: str | None = None, task: Any = None, args: Any = None, re
                 _metrics.export_attempts.labels(outcome="error").inc()
         elif name == PROCESS_TASK and retval is not None and args:
             _observe_study(_metrics, str(args[0]), started, seconds)
-        elif name == EXPORT_TASK and args and retval in _EXPORT_OUTCOMES:
-            _observe_export(_metrics, int(args[0]))
+        elif name == EXPORT_TASK and args and isinstance(retval, list):
+            ids = args[0] if isinstance(args[0], list) else [args[0]]
+            for export_id, outcome in zip(ids, retval, strict=False):
+                if outcome in _EXPORT_OUTCOMES:
+                    _observe_export(_metrics, int(export_id))
     except Exception:  # metrics never fail a task
         logger.warning("could not record task metrics", extra={"task": name}, exc_info=True)
 
