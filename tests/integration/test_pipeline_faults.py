@@ -3,9 +3,7 @@ current SR that says "not analysed" and why, and that SR passes dciodvfy."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -14,15 +12,15 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from cxrtriage.config import Settings
-from cxrtriage.db import ingest
-from cxrtriage.db.models import SrExport, Study
+from cxrtriage.db.models import Study
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.db.studies import queue_quiet_studies
 from cxrtriage.dicom.storage import InstanceStore
-from cxrtriage.domain import ExportKind, Reason, StoredInstance
+from cxrtriage.domain import ExportKind, Reason
 from cxrtriage.worker import pipeline
+from cxrtriage.worker.processing import process_study
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import radiograph
+from tests.received import current, receive, srs
 from tests.servers import binary
 
 
@@ -33,47 +31,6 @@ def rt(tmp_path: Path, tiny_package: Path) -> Runtime:
     settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
                         heatmaps=False)
     return Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
-
-
-def receive(rt: Runtime, datasets: list[pydicom.Dataset]) -> str:
-    """Store and index the files as the receiver would, then queue the study."""
-    for ds in datasets:
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-        path = rt.store.store(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
-                              [data])
-        with rt.db.session() as session:
-            ingest.index_instance(session, StoredInstance(
-                "test", str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
-                str(ds.SOPClassUID), str(ds.Modality), "1.2.840.10008.1.2.1", str(path), len(data),
-                hashlib.sha256(data).hexdigest(), str(ds.get("PatientID", ""))))
-    requeue(rt)
-    return str(datasets[0].StudyInstanceUID)
-
-
-def requeue(rt: Runtime) -> None:
-    from datetime import timedelta
-
-    from cxrtriage.db.models import utcnow
-
-    with rt.db.session() as session:
-        queue_quiet_studies(session, 0, now=utcnow() + timedelta(seconds=1))
-
-
-def srs(rt: Runtime, study_uid: str) -> list[SrExport]:
-    with rt.db.session() as session:
-        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
-        rows = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
-                                                      SrExport.kind != ExportKind.HEATMAP)
-                               .order_by(SrExport.id)).all()
-        session.expunge_all()
-        return list(rows)
-
-
-def current(rows: list[SrExport]) -> list[SrExport]:
-    superseded = {r.supersedes_uid for r in rows}
-    return [r for r in rows if r.sr_sop_instance_uid not in superseded]
 
 
 def assert_valid(path: str) -> None:
@@ -118,7 +75,7 @@ def test_a_failing_step_ends_in_one_not_analysed_sr(rt, monkeypatch, step, error
     uid = generate_uid()
     study_uid = receive(rt, [radiograph(uid), radiograph(uid, "normal-1")])
     calls = inject(monkeypatch, step, error)
-    assert pipeline.process_study(rt, study_uid) == "failed"
+    assert process_study(rt, study_uid) == "failed"
     assert calls, "the injected step never ran"
     assert study_reason(rt, study_uid) == ("failed", reason.value)
     [sr] = current(srs(rt, study_uid))
@@ -132,7 +89,7 @@ def test_attempt_limit_ends_in_a_not_analysed_sr(rt):
     study_uid = receive(rt, [radiograph()])
     with rt.db.session() as session:  # three workers died on it before
         session.execute(Study.__table__.update().values(attempts=rt.settings.study_max_attempts))
-    assert pipeline.process_study(rt, study_uid) == "failed"
+    assert process_study(rt, study_uid) == "failed"
     assert study_reason(rt, study_uid) == ("failed", Reason.ATTEMPTS_EXHAUSTED.value)
     [sr] = srs(rt, study_uid)
     assert_valid(sr.path)
@@ -142,7 +99,7 @@ def test_a_study_naming_two_patients_is_not_analysed_and_its_sr_names_one(rt):
     uid = generate_uid()
     first, other = radiograph(uid), radiograph(uid, "normal-1", PatientID="OTHERPATIENT9")
     study_uid = receive(rt, [first, other])
-    assert pipeline.process_study(rt, study_uid) == "failed"
+    assert process_study(rt, study_uid) == "failed"
     assert study_reason(rt, study_uid) == ("failed", Reason.PATIENT_IDENTITY_INCONSISTENT.value)
     [sr] = srs(rt, study_uid)
     assert_valid(sr.path)
@@ -157,17 +114,17 @@ def test_rebuilding_an_sr_reuses_the_stored_bytes_and_new_content_supersedes(rt)
     uid = generate_uid()
     image = radiograph(uid)
     study_uid = receive(rt, [image])
-    assert pipeline.process_study(rt, study_uid) == "done"
+    assert process_study(rt, study_uid) == "done"
     [first] = srs(rt, study_uid)
     stored = Path(first.path).read_bytes()
     with rt.db.session() as session:  # the same work again, as after a lost result
         session.execute(Study.__table__.update().values(state="queued", attempts=0))
-    assert pipeline.process_study(rt, study_uid) == "done"
+    assert process_study(rt, study_uid) == "done"
     assert [r.sr_sop_instance_uid for r in srs(rt, study_uid)] == [first.sr_sop_instance_uid]
     assert Path(first.path).read_bytes() == stored
     image.PatientName = "CORRECTED^NAME"  # reconciliation: the same SOP UID, new content
     receive(rt, [image])
-    assert pipeline.process_study(rt, study_uid) == "done"
+    assert process_study(rt, study_uid) == "done"
     rows = srs(rt, study_uid)
     assert len(rows) == 2 and rows[1].supersedes_uid == first.sr_sop_instance_uid
     assert current(rows) == [rows[1]]

@@ -105,6 +105,12 @@ def claim_study(session: Session, study_uid: str, lease_seconds: float, max_atte
                  frozenset(uid for uid, _ in exports))
 
 
+def ready_studies(session: Session, limit: int) -> list[str]:
+    """Queued studies, longest waiting first: what a worker may claim to fill a batch."""
+    return list(session.scalars(select(Study.study_uid).where(Study.state == StudyState.QUEUED)
+                                .order_by(Study.queued_at, Study.id).limit(limit)).all())
+
+
 def release_claim(session: Session, study_id: int, attempt: int) -> bool:
     """Give a claim back to the queue at once (its attempt still counts), after a failure that
     left no result, so the study is redone without waiting for its lease to run out."""

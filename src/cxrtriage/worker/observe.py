@@ -58,8 +58,12 @@ def _finished(task_id: str | None = None, task: Any = None, args: Any = None, re
             _metrics.task_errors.labels(task=name).inc()
             if name == EXPORT_TASK:
                 _metrics.export_attempts.labels(outcome="error").inc()
-        elif name == PROCESS_TASK and retval is not None and args:
-            _observe_study(_metrics, str(args[0]), started, seconds)
+        elif name == PROCESS_TASK and isinstance(retval, dict):  # the studies of one batch
+            if retval and seconds is not None:
+                _metrics.processing.observe(seconds)
+            for study_uid, study_state in retval.items():
+                if study_state is not None:
+                    _observe_study(_metrics, study_uid, started)
         elif name == EXPORT_TASK and args and isinstance(retval, list):
             ids = args[0] if isinstance(args[0], list) else [args[0]]
             for export_id, outcome in zip(ids, retval, strict=False):
@@ -69,9 +73,7 @@ def _finished(task_id: str | None = None, task: Any = None, args: Any = None, re
         logger.warning("could not record task metrics", extra={"task": name}, exc_info=True)
 
 
-def _observe_study(metrics: WorkerMetrics, study_uid: str, started: datetime, seconds: float | None) -> None:
-    if seconds is not None:
-        metrics.processing.observe(seconds)
+def _observe_study(metrics: WorkerMetrics, study_uid: str, started: datetime) -> None:
     with runtime().db.session() as session:
         timing = study_timing(session, study_uid, started)
     if timing is None:

@@ -1,10 +1,11 @@
-"""One study through a declared sequence of named steps, with one error boundary.
+"""Claimed studies through a declared sequence of named steps, each study in its own error boundary.
 
-    claim (DB) -> read and gate -> preprocess -> classify -> report -> record (DB)
+    claim (DB, worker/processing.py) -> read and gate -> preprocess -> classify -> report -> record (DB)
 
-Each step reads and extends one `StudyRun`. Whatever a step raises becomes a coded reason and a
-"not analysed" SR, never silence. Only if even that cannot be written (storage or database down)
-is the claim given back, so the study is redone; the attempt limit at claim time ends the loop.
+Each step reads and extends one study's `StudyRun`. Whatever a step raises becomes a coded reason
+and a "not analysed" SR for that study alone, never silence. Only if even that cannot be written
+(storage or database down) is the claim given back, so the study is redone; the attempt limit at
+claim time ends the loop. Studies claimed together share one forward pass.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from io import BytesIO
 
@@ -23,14 +23,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cxrtriage.db.models import Instance
-from cxrtriage.db.results import record_export, register_model, save_predictions
-from cxrtriage.db.studies import (
-    claim_study,
-    extend_lease,
-    finish_study,
-    release_claim,
-    update_series_states,
-)
+from cxrtriage.db.results import record_export, save_predictions
+from cxrtriage.db.studies import finish_study, release_claim, update_series_states
 from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES
 from cxrtriage.dicom.heatmap_writer import build_heatmap, heatmap_uids
 from cxrtriage.dicom.reading import read_dataset
@@ -71,6 +65,7 @@ class StudyRun:
     items: list[tuple[InstanceRef, Examined]] = field(default_factory=list)
     predictions: dict[int, Prediction] = field(default_factory=dict)
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # by instance id, [S, S] in [0, 1]
+    batched: tuple[list[Prediction], np.ndarray | None] | None = None  # its share of a joint pass
     reason: Reason | None = None  # set once the study cannot be analysed
     state: StudyState | None = None
     minimal_headers: bool = False
@@ -101,24 +96,33 @@ def read_and_gate(rt: Runtime, run: StudyRun) -> None:
 
 
 def preprocess(rt: Runtime, run: StudyRun) -> None:
+    """Each accepted image's model input; the decoded pixels are then let go, so a batch of
+    studies holds only the small model inputs and the headers the report needs."""
     if run.reason:
         return
     for _, item in run.items:
         if item.header is not None and item.reason is None:
             prepare(item, rt.classifier.manifest.input_size)
+        if item.header is not None and "PixelData" in item.header:
+            del item.header.PixelData
 
 
 def classify(rt: Runtime, run: StudyRun) -> None:
-    """All accepted images of the study in one batch."""
+    """All accepted images of the study in one batch, or its share of a batch across studies."""
     accepted = [(ref, item.image) for ref, item in run.items if item.image is not None]
     if run.reason or not accepted:
         return
     uids, images = [ref.sop_instance_uid for ref, _ in accepted], np.stack([image for _, image in accepted])
-    if rt.settings.heatmaps:
+    maps: np.ndarray | None = None
+    if run.batched is not None:
+        preds = [replace(p, sop_instance_uid=uid) for p, uid in zip(run.batched[0], uids, strict=True)]
+        maps = run.batched[1]
+    elif rt.settings.heatmaps:
         preds, maps = rt.classifier.predict_with_heatmaps(uids, images)
-        run.heatmaps = {ref.instance_id: cam for (ref, _), cam in zip(accepted, maps, strict=True)}
     else:
         preds = rt.classifier.predict(uids, images)
+    if maps is not None:
+        run.heatmaps = {ref.instance_id: cam for (ref, _), cam in zip(accepted, maps, strict=True)}
     run.predictions = {ref.instance_id: pred for (ref, _), pred in zip(accepted, preds, strict=True)}
 
 
@@ -298,77 +302,70 @@ def _reason_for(step: str, exc: Exception) -> Reason:
     return {"classify": Reason.MODEL_ERROR, "report": Reason.REPORT_ERROR}.get(step, Reason.INTERNAL_ERROR)
 
 
-def run_steps(rt: Runtime, run: StudyRun) -> StudyState | None:
-    """The steps in order inside the error boundary. Returns the recorded state, or None when
-    the result was not recorded (the study changed meanwhile)."""
-    for name, step in STEPS:
+def _run_step(rt: Runtime, run: StudyRun, name: str) -> bool:
+    """One step inside the study's error boundary. False once the study is finished early: its
+    failure reported and recorded, or, if even that failed, its claim given back to be redone."""
+    try:
+        dict(STEPS)[name](rt, run)
+        return True
+    except Exception as exc:
+        logger.error("pipeline step failed; reporting not analysed",
+                     extra={"study_uid": run.claim.study_uid, "step": name,
+                            "error": type(exc).__name__, "attempt": run.claim.attempt})
+        run.fail(_reason_for(name, exc), minimal_headers=name == "report")
+    try:
+        if name == "read and gate":  # the SR still needs the headers: read just those
+            run.items = []
+            read_and_gate(rt, run)
+        report(rt, run)
+        record(rt, run)
+    except Exception as exc:
+        logger.error("could not report the failure; the study will be redone",
+                     extra={"study_uid": run.claim.study_uid, "error": type(exc).__name__})
+        run.state = None
         try:
-            step(rt, run)
-        except Exception as exc:
-            logger.error("pipeline step failed; reporting not analysed",
-                         extra={"study_uid": run.claim.study_uid, "step": name,
-                                "error": type(exc).__name__, "attempt": run.claim.attempt})
-            run.fail(_reason_for(name, exc), minimal_headers=name == "report")
-            try:
-                if name == "read and gate":  # the SR still needs the headers: read just those
-                    run.items = []
-                    read_and_gate(rt, run)
-                report(rt, run)
-                record(rt, run)
-            except Exception:
-                with rt.db.session() as session:
-                    release_claim(session, run.claim.study_id, run.claim.attempt)
-                raise
-            break
-    return run.state
+            with rt.db.session() as session:
+                release_claim(session, run.claim.study_id, run.claim.attempt)
+        except Exception:  # the database is away: the lease runs out and the study is redone
+            logger.warning("claim not released", extra={"study_uid": run.claim.study_uid})
+    return False
 
 
-def process_study(rt: Runtime, study_uid: str) -> StudyState | None:
-    """Process a queued study once. Returns the final state, or None when there was nothing to
-    do (another worker has it, it is no longer queued, or it changed while being read)."""
-    manifest = rt.classifier.manifest
-    with rt.db.session() as session:  # its own transaction: a failure here never undoes a claim
-        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
-    with rt.db.session() as session:
-        claim = claim_study(session, study_uid, rt.settings.processing_lease_seconds,
-                            rt.settings.study_max_attempts)
-        if claim is None:
-            return None
-    logger.info("processing study", extra={"study_uid": study_uid, "instances": len(claim.instances),
-                                           "attempt": claim.attempt})
-    run = StudyRun(claim, model_version_id)
-    if claim.exhausted:
-        run.reason = Reason.ATTEMPTS_EXHAUSTED
-    with LeaseKeeper(rt, claim.study_id, claim.attempt):
-        state = run_steps(rt, run)
-    logger.info("study finished", extra={"study_uid": study_uid, "state": state,
-                                         "reason": run.reason or ""})
-    return state
+def infer_together(rt: Runtime, runs: list[StudyRun]) -> None:
+    """One forward pass over the accepted images of several studies; each study's classify step
+    then takes its own share. If the joint pass fails, each study classifies alone, inside its
+    own error boundary, so one bad study never fails its neighbours."""
+    accepted = [(run, image) for run in runs if not run.reason
+                for _, item in run.items if (image := item.image) is not None]
+    if len({id(run) for run, _ in accepted}) < 2:
+        return
+    images = np.stack([image for _, image in accepted])
+    try:
+        if rt.settings.heatmaps:
+            preds, maps = rt.classifier.predict_with_heatmaps([""] * len(images), images)
+        else:
+            preds, maps = rt.classifier.predict([""] * len(images), images), None
+    except Exception as exc:
+        logger.warning("batched inference failed; classifying study by study",
+                       extra={"studies": len(runs), "error": type(exc).__name__})
+        return
+    start = 0
+    for run in runs:
+        count = sum(1 for r, _ in accepted if r is run)
+        if count:
+            share = maps[start : start + count] if maps is not None else None
+            run.batched = (preds[start : start + count], share)
+            start += count
 
 
-class LeaseKeeper:
-    """Renews the study's lease while this worker works on it, so that only a dead worker's
-    study is handed to another."""
-
-    def __init__(self, rt: Runtime, study_id: int, attempt: int) -> None:
-        self.rt, self.study_id, self.attempt = rt, study_id, attempt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        lease = self.rt.settings.processing_lease_seconds
-        while not self._stop.wait(lease / 3):
-            try:
-                with self.rt.db.session() as session:
-                    if not extend_lease(session, self.study_id, self.attempt, lease):
-                        return
-            except Exception:  # a missed heartbeat only risks a redo, never a loss
-                logger.warning("lease renewal failed", extra={"study_id": self.study_id})
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def run_steps(rt: Runtime, runs: list[StudyRun]) -> None:
+    """The steps over claimed studies: each study read and prepared in its own boundary, their
+    images classified in one forward pass, then each reported and recorded in its own boundary.
+    Each run's `state` is then the recorded state, or None when nothing was recorded (the study
+    changed meanwhile, or its claim was given back)."""
+    ready = [run for run in runs if _run_step(rt, run, "read and gate") and _run_step(rt, run, "preprocess")]
+    infer_together(rt, ready)
+    for run in ready:
+        for name in ("classify", "report", "record"):
+            if not _run_step(rt, run, name):
+                break

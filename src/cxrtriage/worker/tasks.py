@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cxrtriage.worker import export, pipeline
+from cxrtriage.worker import export, processing
 from cxrtriage.worker.app import app
 from cxrtriage.worker.dispatch import dispatch_study_exports
 from cxrtriage.worker.runtime import runtime
@@ -13,15 +13,18 @@ logger = logging.getLogger(__name__)
 
 
 @app.task(name="cxrtriage.process_study")
-def process_study(study_uid: str) -> str | None:
+def process_study(study_uid: str) -> dict[str, str | None]:
+    """The study and whatever else is ready (see worker/processing.py); states by study UID."""
     rt = runtime()
-    state = pipeline.process_study(rt, study_uid)
-    if state is not None:
+    states = processing.process_ready(rt, study_uid)
+    for uid, state in states.items():
+        if state is None:
+            continue
         try:
-            dispatch_study_exports(rt.db, rt.settings, study_uid)
+            dispatch_study_exports(rt.db, rt.settings, uid)
         except Exception:  # the broker is away: the scheduler dispatches them once it is back
-            logger.warning("SR export not dispatched; the scheduler will", extra={"study_uid": study_uid})
-    return state
+            logger.warning("SR export not dispatched; the scheduler will", extra={"study_uid": uid})
+    return dict(states)
 
 
 @app.task(name="cxrtriage.export_sr")
