@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
+from cxrtriage.dicom.decoding import first_frame
 from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
 
@@ -43,14 +44,10 @@ def check_pixel_contract(ds: Dataset) -> None:
 
 def _first_frame(ds: Dataset) -> np.ndarray:
     try:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            arr = ds.pixel_array[0]
-        else:
-            arr = ds.pixel_array
+        return first_frame(ds)
     except Exception as exc:  # decoders raise many types; the reason is what matters
         raise InvalidInputError(f"pixel data cannot be decoded: {type(exc).__name__}",
                                 Reason.UNDECODABLE_PIXELS) from exc
-    return np.asarray(arr)
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
