@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -151,6 +152,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = configure_app(settings)
     concurrency = args.concurrency or settings.worker_concurrency
     queues = {"studies": QUEUE, "exports": EXPORT_QUEUE, "all": f"{QUEUE},{EXPORT_QUEUE}"}[args.queues]
+    if concurrency > 1 and args.queues != "exports":
+        # Each concurrent task would otherwise run torch on every core: share them out instead
+        # (read by torch when it starts, which is after this; an operator's own value wins).
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     if port := metrics_port(args, settings):
         if args.pool == "prefork":  # tasks would run in children this process cannot see
             logger.warning("worker metrics count only solo and threads pools; prefork children "
