@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
 
-from cxrtriage.db.results import register_model
 from cxrtriage.db.studies import claim_study, extend_lease, ready_studies
 from cxrtriage.domain import Claim, Reason, StudyState
 from cxrtriage.worker.pipeline import StudyRun, run_steps
@@ -52,9 +50,7 @@ def claim_batch(rt: Runtime, study_uid: str) -> list[Claim]:
 def process_ready(rt: Runtime, study_uid: str) -> dict[str, StudyState | None]:
     """Process the study and whatever else is ready, once. Returns each claimed study's final
     state (None: not recorded, as the study changed meanwhile); empty when nothing was claimed."""
-    manifest = rt.classifier.manifest
-    with rt.db.session() as session:  # its own transaction: a failure here never undoes a claim
-        model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
+    model_version_id = rt.model_version_id  # before claiming: a failure here undoes no claim
     claims = claim_batch(rt, study_uid)
     if not claims:
         return {}

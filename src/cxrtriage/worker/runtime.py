@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from cxrtriage.config import Settings
+from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.errors import ConfigError
@@ -22,6 +23,7 @@ class Runtime:
     db: Database
     store: InstanceStore
     _classifier: Classifier | None = None
+    _model_version_id: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -33,6 +35,15 @@ class Runtime:
 
                 self._classifier = Classifier(self.settings.model)
             return self._classifier
+
+    @property
+    def model_version_id(self) -> int:
+        """The served model's row, registered on first use (a model version never changes)."""
+        if self._model_version_id is None:
+            manifest = self.classifier.manifest
+            with self.db.session() as session:
+                self._model_version_id = register_model(session, manifest.model_info(), asdict(manifest))
+        return self._model_version_id
 
 
 _settings: Settings | None = None
