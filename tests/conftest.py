@@ -17,7 +17,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "src/cxrtriage/bundled/pneumonia
 
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return random_package(tmp_path_factory.mktemp("pkg") / "tiny")
+    # seed 1: its heat maps have content (seed 0's flag-label map is negative everywhere)
+    return random_package(tmp_path_factory.mktemp("pkg") / "tiny", seed=1)
 
 
 def assert_no_patient_data(text: str, where: str) -> None:
