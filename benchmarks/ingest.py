@@ -66,9 +66,14 @@ def _rates(port: int, called: str, one: list[Path], four: list[Path],
     return len(one) / single, len(four) / parallel
 
 
-def _files(folder: Path, exclude: str = "") -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix in ("", ".dcm")
-               and (not exclude or exclude not in p.parts))
+def _files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def _stored_by_receiver(storage: Path) -> int:
+    """Instance files in the receiver's storage, not counting refused ones or temporaries."""
+    return sum(1 for p in storage.rglob("*") if p.is_file() and p.suffix in ("", ".dcm")
+               and "rejected" not in p.parts)
 
 
 def storescp(work: Path, one: list[Path], four: list[Path]) -> Rates:
@@ -104,7 +109,7 @@ def receiver(work: Path, one: list[Path], four: list[Path]) -> Rates:
     try:
         wait_for(lambda: echoscu(port), 120, "cxrtriage receiver", interval=0.5)
         rates = _rates(port, "CXRTRIAGE", one, four,
-                       lambda: _files(folder / "var" / "storage", exclude="rejected"))
+                       lambda: _stored_by_receiver(folder / "var" / "storage"))
         return Rates(*rates, peak_rss_mb(proc.proc.pid))
     finally:
         proc.stop()

@@ -22,7 +22,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "src/cxrtriage/bundled/pneumonia
 
 
 def _rate(fn, images: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
+    fn()  # warm-up: on CPU the first calls at a new shape are several times slower
+    fn()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
