@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import threading
@@ -143,7 +144,7 @@ class GpuSampler:
     Disabled (no GPU), it samples nothing and reports None."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
         self.samples: list[float] = []
         self._proc: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None

@@ -29,7 +29,7 @@ Settings: the model is the one the pipeline would serve (CXRTRIAGE_MODEL, else t
 package); everything else is the embedded default (SQLite, filesystem broker, default sweep).
 
 Knobs (environment variables), defaults sized for about 10 minutes on a 2-core machine:
-  BENCH_STUDIES=36          studies for the floor and the pipeline (~48 images)
+  BENCH_STUDIES=90          studies for the floor and the pipeline (120 images)
   BENCH_LATENCY_STUDIES=10  one-image studies for latency
   BENCH_INGEST_FILES=40     instances per ingest round (two rounds per server: 1 and 4 associations)
   BENCH_QUIET_SECONDS=1     CXRTRIAGE_STUDY_QUIET_SECONDS for the pipeline and latency
@@ -74,7 +74,7 @@ def _commit() -> str:
 def main() -> None:  # noqa: C901 - one straight sequence of parts, in report order
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     only = {p.strip() for p in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if p.strip()}
-    studies_n = _int("BENCH_STUDIES", 36)
+    studies_n = _int("BENCH_STUDIES", 90)
     latency_n = _int("BENCH_LATENCY_STUDIES", 10)
     ingest_n = _int("BENCH_INGEST_FILES", 40)
     quiet = float(os.environ.get("BENCH_QUIET_SECONDS", "1"))
@@ -91,6 +91,7 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
     report.add("bench_device", f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu")
     report.add("bench_python", platform.python_version())
     report.add("bench_model", f"{manifest.name} {manifest.version}")
+    report.add("bench_load_avg_1min_start", os.getloadavg()[0])  # other work on the machine skews all
     work = Path(tempfile.mkdtemp(prefix="cxrtriage-bench-"))
     started = time.perf_counter()
     try:
@@ -153,6 +154,7 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
         else:
             shutil.rmtree(work, ignore_errors=True)
     report.add("bench_total_s", time.perf_counter() - started, 0)
+    report.add("bench_load_avg_1min_end", os.getloadavg()[0])
     report.finish()
 
 
