@@ -21,7 +21,7 @@ from tests.peers import echoscu, storescu
 from tests.servers import Orthanc, Proc, free_port, wait_for
 
 from benchmarks.corpus import Study
-from benchmarks.report import GpuSampler, tree_peak_rss
+from benchmarks.report import GpuSampler, tree_cpu_seconds, tree_peak_rss
 
 FINISHED = {"done", "skipped", "failed"}
 
@@ -100,6 +100,7 @@ class Throughput:
     studies: int
     images: int
     seconds: float
+    cpu_seconds: float  # of every process under `serve` (not Orthanc), first push to last SR
     duplicate_srs: int
     heatmaps: int
     states: dict[str, int]
@@ -125,6 +126,7 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
     ids = upload(orthanc, studies)
     before = orthanc.get("/statistics")["CountInstances"]  # type: ignore[index]
     wanted = set(ids)
+    cpu_before = tree_cpu_seconds(service.serve.proc.pid)
     start = time.perf_counter()
     for orthanc_id in ids:
         orthanc.post("/modalities/cxrtriage/store", {"Resources": [orthanc_id], "Asynchronous": True})
@@ -134,7 +136,7 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
 
     wait_for(all_reported, timeout, "an SR at Orthanc for every pushed study", interval=0.1)
     seconds = time.perf_counter() - start
-    counts = service.sr_series()
+    cpu_seconds = tree_cpu_seconds(service.serve.proc.pid) - cpu_before
     images = sum(len(s.paths) for s in studies)
     time.sleep(2)  # heatmaps may follow their SR; then count what arrived
     counts = service.sr_series()
@@ -145,8 +147,8 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
     for study in studies:
         state = states.get(study.uid, "missing")
         tally[state] = tally.get(state, 0) + 1
-    return Throughput(len(studies), images, seconds, srs - len(wanted), int(after) - int(before) - srs,
-                      tally)
+    heatmaps = int(after) - int(before) - srs
+    return Throughput(len(studies), images, seconds, cpu_seconds, srs - len(wanted), heatmaps, tally)
 
 
 def latencies(service: Service, studies: list[Study]) -> list[float]:

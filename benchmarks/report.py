@@ -86,6 +86,18 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by `root` and every live process below it."""
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """VmHWM: the process's peak resident set so far."""
     try:

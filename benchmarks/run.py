@@ -11,7 +11,10 @@ Every measurement is printed beside a ratio to a reference measured in the same 
 - pipeline: the same files uploaded to Orthanc, then pushed by Orthanc (one asynchronous
   `/modalities/cxrtriage/store` job per study) to `cxrtriage serve` with heatmaps on (default)
   and its SR destination that Orthanc; from the first push to the last study's SR found at
-  Orthanc. Study quiet time BENCH_QUIET_SECONDS (1 s), nothing subtracted. Reference: the floor.
+  Orthanc. Study quiet time BENCH_QUIET_SECONDS (1 s), nothing subtracted. Reference: the floor,
+  measured before and after the pipeline (the mean). Also CPU seconds per image of all processes
+  under `serve` against the floor's (`pipeline_to_floor_cpu_ratio`, floor/pipeline): a figure that
+  other work on a shared machine barely moves, where the wall-clock ratio can swing.
 - latency: one-image studies sent one at a time with storescu to the same `serve`; from
   storescu's return to the SR found at Orthanc (polled every 20 ms), minus the quiet time.
   Reference: one image's share of the floor (1 / floor images/s).
@@ -111,6 +114,8 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
             report.add("floor_images", result.large.images)
             report.add("floor_images_per_s", result.images_per_s)
             report.add("floor_startup_s", result.startup_s)
+            report.add("floor_cpu_s_per_image", result.cpu_s_per_image, 3)
+            figures["floor_cpu"] = result.cpu_s_per_image
             report.add("floor_flagged_images", result.flagged)
             report.add("floor_predict_peak_rss_mb", result.large.peak_rss_mb, 0)
             figures["predict_rss"] = result.large.peak_rss_mb
@@ -123,10 +128,13 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
                 report.note("floor again, after the pipeline; the ratios use the mean of both")
                 again = floor.measure(paths)
                 report.add("floor_after_images_per_s", again.images_per_s)
+                report.add("floor_after_cpu_s_per_image", again.cpu_s_per_image, 3)
+                figures["floor_cpu"] = (figures["floor_cpu"] + again.cpu_s_per_image) / 2
                 figures["floor"] = (figures["floor"] + again.images_per_s) / 2
                 report.add("floor_mean_images_per_s", figures["floor"])
             floor_image_s = 1 / figures["floor"] if figures.get("floor") else None
             report.ratio("pipeline_to_floor_ratio", figures["pipeline"], figures.get("floor"))
+            report.ratio("pipeline_to_floor_cpu_ratio", figures.get("floor_cpu"), figures["pipeline_cpu"])
             report.ratio("latency_p50_to_floor_image_ratio", figures["latency_p50"], floor_image_s)
             if "reprocess" in figures:
                 report.ratio("reprocess_to_floor_ratio", figures["reprocess"], figures.get("floor"))
@@ -187,6 +195,8 @@ def _pipeline(report: Report, work: Path, studies: list, latency_n: int, quiet: 
         report.add("pipeline_seconds", result.seconds)
         report.add("pipeline_studies_per_s", result.studies / result.seconds, 3)
         report.add("pipeline_images_per_s", result.images / result.seconds, 3)
+        figures["pipeline_cpu"] = result.cpu_seconds / result.images
+        report.add("pipeline_cpu_s_per_image", figures["pipeline_cpu"], 3)
         report.add("pipeline_duplicate_srs", result.duplicate_srs)
         report.add("pipeline_heatmaps_at_pacs", result.heatmaps)
         report.add("pipeline_studies_done", result.states.get("done", 0))
