@@ -94,7 +94,11 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
     report.add("bench_device", f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu")
     report.add("bench_python", platform.python_version())
     report.add("bench_model", f"{manifest.name} {manifest.version}")
-    report.add("bench_load_avg_1min_start", os.getloadavg()[0])  # other work on the machine skews all
+    report.add("bench_load_avg_1min_start", os.getloadavg()[0])
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        report.note("WARNING: the machine is busy. The floor (torch's threads) suffers more from other work "
+                    "than the pipeline does, so the ratios to the floor are not to be trusted; run again "
+                    "on an idle machine")
     work = Path(tempfile.mkdtemp(prefix="cxrtriage-bench-"))
     started = time.perf_counter()
     try:
