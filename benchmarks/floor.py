@@ -63,8 +63,8 @@ class Floor:
 
     @property
     def cpu_s_per_image(self) -> float:
-        """CPU seconds per image, start-up excluded the same way: barely moved by other work on
-        the machine, unlike the wall-clock rate."""
+        """CPU seconds per image, start-up excluded the same way. Other work on the machine
+        inflates it too: torch's threads spin while they wait for a core."""
         return (self.large.cpu_seconds - self.small.cpu_seconds) / (self.large.images - self.small.images)
 
     @property

@@ -13,8 +13,9 @@ Every measurement is printed beside a ratio to a reference measured in the same 
   and its SR destination that Orthanc; from the first push to the last study's SR found at
   Orthanc. Study quiet time BENCH_QUIET_SECONDS (1 s), nothing subtracted. Reference: the floor,
   measured before and after the pipeline (the mean). Also CPU seconds per image of all processes
-  under `serve` against the floor's (`pipeline_to_floor_cpu_ratio`, floor/pipeline): a figure that
-  other work on a shared machine barely moves, where the wall-clock ratio can swing.
+  under `serve` against the floor's (`pipeline_to_floor_cpu_ratio`, floor/pipeline). Both ratios
+  swing when other work shares the machine (torch's threads spin and lose the most), so take
+  them from an idle machine: `bench_load_avg_1min_start` and a warning line say when it was not.
 - latency: one-image studies sent one at a time with storescu to the same `serve`; from
   storescu's return to the SR found at Orthanc (polled every 20 ms), minus the quiet time.
   Reference: one image's share of the floor (1 / floor images/s).
