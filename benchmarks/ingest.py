@@ -1,158 +1,115 @@
-"""Ingest rate of the receiver against dcmtk's storescp and Orthanc on the same ~2 MB DX files,
-and the time from the last instance received to the SR stored at Orthanc.
+"""Ingest rate of the cxrtriage receiver against dcmtk's storescp and Orthanc, on the same
+uncompressed 1024 px 16-bit DX files (2 MiB of pixels each), over one association and over four
+parallel ones (four storescu processes at once, on disjoint quarters of a second set of files).
 
-Run: make benchmark   (or .venv/bin/python -m benchmarks.ingest)
+Each round sends instances the server has not seen, and afterwards every instance is counted as
+stored (files on disk for storescp and the receiver, /statistics for Orthanc). The receiver runs
+alone (`cxrtriage receiver --no-scheduler`); it fsyncs each file and commits its index row before
+it answers.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import subprocess
 import sys
-import tempfile
 import time
-from io import BytesIO
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pydicom
-from pydicom.uid import generate_uid
-from tests.factory import COMPREHENSIVE_3D_SR, sample_pixels
-from tests.peers import echoscu, storescu
-from tests.servers import Orthanc, Proc, binary, free_port, port_open, wait_for
+from pydicom.uid import ExplicitVRLittleEndian
+from tests.peers import echoscu
+from tests.servers import LOOPBACK, Orthanc, Proc, binary, free_port, port_open, wait_for
 
-from cxrtriage.dicom.wrap import wrap_image
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "src/cxrtriage/bundled/pneumonia-resnet18"
+from benchmarks.corpus import all_paths, make_studies
+from benchmarks.pipeline import cli_env
+from benchmarks.report import peak_rss_mb
 
 
-def make_files(folder: Path, count: int) -> list[Path]:
-    """1024 x 1024, 16-bit DX: 2 MiB of pixel data each, from a real sample, upscaled."""
-    base = np.kron(sample_pixels("pneumonia-1").astype(np.uint16) * 257, np.ones((5, 5), np.uint16))
-    pixels = np.ascontiguousarray(base[:1024, :1024])
-    study = generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for _ in range(count):
-        ds = wrap_image(pixels, study_uid=study)
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+@dataclass(frozen=True)
+class Rates:
+    one: float  # instances/s over one association
+    four: float  # ... over four at once
+    peak_rss_mb: float | None = None
 
 
-def timed_send(port: int, files: list[Path], called: str) -> float:
+def make_sets(folder: Path, count: int) -> tuple[list[Path], list[Path]]:
+    studies = make_studies(folder, 2 * count // 4 + 2, seed=11, images_per_study=4,
+                           syntaxes=[ExplicitVRLittleEndian], prefix="I")
+    paths = all_paths(studies)
+    return paths[:count], paths[count: 2 * count]
+
+
+def send_parallel(port: int, called: str, chunks: list[list[Path]]) -> float:
+    """Seconds from starting one storescu per chunk to the last one's exit; each must succeed."""
+    command = [binary("storescu"), "-aec", called, "-aet", "DCMTKSCU", LOOPBACK, str(port)]
     start = time.perf_counter()
-    result = storescu(port, files, called=called)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
-    return elapsed
+    procs = [subprocess.Popen([*command, *map(str, chunk)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for chunk in chunks]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    seconds = time.perf_counter() - start
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err[-500:]}")
+    return seconds
 
 
-def cxrtriage_proc(work: Path, name: str, args: list[str], env: dict[str, str]) -> Proc:
-    work.mkdir(parents=True, exist_ok=True)
-    return Proc(name, [sys.executable, "-m", "cxrtriage.cli", *args], work, cwd=work,
-                env={"CXRTRIAGE_LOG_LEVEL": "WARNING", **env})
+def _rates(port: int, called: str, one: list[Path], four: list[Path],
+           stored: Callable[[], int]) -> tuple[float, float]:
+    single = send_parallel(port, called, [one])
+    if stored() != len(one):
+        raise RuntimeError(f"{called}: {stored()} of {len(one)} instances stored")
+    quarters = [four[i::4] for i in range(4)]
+    parallel = send_parallel(port, called, quarters)
+    if stored() != len(one) + len(four):
+        raise RuntimeError(f"{called}: {stored()} of {len(one) + len(four)} instances stored")
+    return len(one) / single, len(four) / parallel
 
 
-def _stored(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix in ("", ".dcm")
+def _files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def _stored_by_receiver(storage: Path) -> int:
+    """Instance files in the receiver's storage, not counting refused ones or temporaries."""
+    return sum(1 for p in storage.rglob("*") if p.is_file() and p.suffix in ("", ".dcm")
                and "rejected" not in p.parts)
 
 
-def ingest(work: Path, files: list[Path], rounds: int = 2) -> dict[str, float]:
-    """Best of `rounds` sends of all files over one association to each receiver; every round
-    checks that each instance was really stored."""
-    megabytes = sum(p.stat().st_size for p in files) / 1e6
-    results: dict[str, float] = {}
+def storescp(work: Path, one: list[Path], four: list[Path]) -> Rates:
     port = free_port()
-    scp_dir = work / "scp"
-    scp_dir.mkdir()
-    scp = Proc("storescp", [binary("storescp"), "-od", str(scp_dir), str(port)], work)
+    folder = work / "scp"
+    folder.mkdir(parents=True)
+    scp = Proc("storescp", [binary("storescp"), "-od", str(folder), str(port)], work)
     try:
         wait_for(lambda: port_open(port), 30, "storescp")
-        results["dcmtk storescp"] = min(timed_send(port, files, "ANY") for _ in range(rounds))
-        assert len(list(scp_dir.iterdir())) == len(files), "storescp did not store every instance"
+        return Rates(*_rates(port, "ANY", one, four, lambda: _files(folder)))
     finally:
         scp.stop()
-    orthanc = Orthanc(work / "orthanc", work, "UNUSED", 1)
+
+
+def orthanc(work: Path, one: list[Path], four: list[Path]) -> Rates:
+    pacs = Orthanc(work / "orthanc", work, "UNUSED", 1)
     try:
-        results["Orthanc"] = min(timed_send(orthanc.dicom_port, files, orthanc.ae_title)
-                                 for _ in range(rounds))
-        stats = orthanc.get("/statistics")
-        assert stats["CountInstances"] == len(files), "Orthanc did not store every instance"  # type: ignore[index]
+        def stored() -> int:
+            return int(pacs.get("/statistics")["CountInstances"])  # type: ignore[index]
+
+        rates = _rates(pacs.dicom_port, pacs.ae_title, one, four, stored)
+        return Rates(*rates, peak_rss_mb(pacs.proc.proc.pid))
     finally:
-        orthanc.proc.stop()
+        pacs.proc.stop()
+
+
+def receiver(work: Path, one: list[Path], four: list[Path]) -> Rates:
     port = free_port()
-    receiver = cxrtriage_proc(work / "rx", "receiver", ["receiver", "--no-scheduler"],
-                              {"CXRTRIAGE_PORT": str(port)})
+    folder = work / "rx"
+    folder.mkdir(parents=True)
+    proc = Proc("receiver", [sys.executable, "-m", "cxrtriage.cli", "receiver", "--no-scheduler"], work,
+                cwd=folder, env=cli_env({"CXRTRIAGE_PORT": str(port)}))
     try:
-        wait_for(lambda: echoscu(port), 120, "receiver", interval=0.5)
-        results["cxrtriage receiver"] = min(timed_send(port, files, "CXRTRIAGE") for _ in range(rounds))
-        stored = _stored(work / "rx" / "var" / "storage")
-        assert stored == len(files), f"the receiver stored {stored} of {len(files)} instances"
+        wait_for(lambda: echoscu(port), 120, "cxrtriage receiver", interval=0.5)
+        rates = _rates(port, "CXRTRIAGE", one, four,
+                       lambda: _stored_by_receiver(folder / "var" / "storage"))
+        return Rates(*rates, peak_rss_mb(proc.proc.pid))
     finally:
-        receiver.stop()
-    print(f"\nIngest: {len(files)} DX files, {megabytes:.1f} MB, one association (storescu), "
-          f"best of {rounds}; every instance verified stored")
-    reference = results["dcmtk storescp"]
-    for name, seconds in results.items():
-        print(f"  {name:20s} {len(files) / seconds:7.1f} instances/s  {megabytes / seconds:7.1f} MB/s"
-              f"  time ratio vs storescp {seconds / reference:5.2f}")
-    print("  (the cxrtriage receiver fsyncs each file and its directory and commits an index row "
-          "before answering)")
-    return results
-
-
-def latency(work: Path, quiet: float) -> float:
-    """Seconds from storescu's last instance acknowledged to the SR stored in Orthanc."""
-    port = free_port()
-    orthanc = Orthanc(work / "orthanc2", work, "CXRTRIAGE", port)
-    service = cxrtriage_proc(work / "svc", "serve", ["serve"], {
-        "CXRTRIAGE_PORT": str(port), "CXRTRIAGE_STUDY_QUIET_SECONDS": str(quiet),
-        "CXRTRIAGE_SWEEP_INTERVAL_SECONDS": "0.1", "CXRTRIAGE_MODEL": str(BUNDLED),
-        "CXRTRIAGE_SR_DESTINATION": f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"})
-    try:
-        wait_for(lambda: echoscu(port), 120, "receiver", interval=0.5)
-        study = generate_uid()
-        files = []
-        for name in ("pneumonia-1", "normal-1"):
-            ds = wrap_image(sample_pixels(name), study_uid=study)
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            path = work / f"lat-{ds.SOPInstanceUID}.dcm"
-            path.write_bytes(buffer.getvalue())
-            files.append(path)
-        storescu(port, files)
-        sent = time.perf_counter()
-
-        def arrived() -> bool:
-            found = orthanc.post("/tools/find", {"Level": "Instance", "Query": {
-                "StudyInstanceUID": study, "SOPClassUID": COMPREHENSIVE_3D_SR}})
-            return bool(found)
-
-        wait_for(arrived, 120, "SR at Orthanc", interval=0.05)
-        return time.perf_counter() - sent
-    finally:
-        service.stop()
-        orthanc.proc.stop()
-
-
-def main() -> None:
-    count = int(os.environ.get("BENCH_FILES", "40"))
-    with tempfile.TemporaryDirectory(prefix="cxrtriage-bench-") as tmp:
-        work = Path(tmp)
-        files = make_files(work / "files", count)
-        ingest(work, files)
-        quiet = float(os.environ.get("BENCH_QUIET_SECONDS", "1"))
-        seconds = latency(work, quiet)
-        print(f"\nLast instance received -> SR stored at Orthanc: {seconds:.2f} s "
-              f"(of which {quiet:.1f} s is the configured study quiet time; 2-image study, bundled model)")
-        print(json.dumps({"sr_latency_s": seconds, "quiet_s": quiet}))
-
-
-if __name__ == "__main__":
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    main()
+        proc.stop()

@@ -1,5 +1,6 @@
 """Model speed and memory: training images/s, inference images/s at batch 1, 16 and 64, and peak
-memory, with torchvision's standard ResNet-18 (224 px, RGB) measured in the same run as reference.
+memory, with torchvision's standard ResNet-18 (224 px, RGB) measured in the same run as reference
+for each. Part of `benchmarks.run`, which passes the model package the pipeline serves.
 
 Run: make benchmark   (or .venv/bin/python -m benchmarks.model)
 """
@@ -21,7 +22,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "src/cxrtriage/bundled/pneumonia
 
 
 def _rate(fn, images: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
+    fn()  # warm-up: on CPU the first calls at a new shape are several times slower
+    fn()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -58,23 +60,48 @@ def reference_rate(batch: int, device: torch.device) -> float:
     return _rate(run, batch, max(1, 64 // batch))
 
 
-def main() -> None:
-    device = choose_device()
-    classifier = Classifier(BUNDLED, device=device)
+def reference_training_rate(device: torch.device, batch: int = 32, steps: int = 4) -> float:
+    """torchvision's ResNet-18 trained at 224 px RGB, the usual published reference point."""
+    model = resnet18(weights=None).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.rand(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return _rate(step, batch, steps)
+
+
+def measure(package: Path = BUNDLED, device: torch.device | None = None) -> dict[str, float | int | str]:
+    """Figures keyed for the report: training and inference images/s of the package's
+    architecture at its input size, each beside torchvision's ResNet-18 at 224 px RGB."""
+    device = device or choose_device()
+    classifier = Classifier(package, device=device)
     size = classifier.input_size
-    print(f"\nModel benchmark on {device} ({torch.get_num_threads()} threads), "
-          f"{classifier.manifest.name} at {size} px")
-    print(f"  training (resnet18, {size} px, batch 32): {training_rate(size, device):.1f} images/s")
+    out: dict[str, float | int | str] = {
+        "model_device": device.type, "model_threads": torch.get_num_threads(), "model_input_px": size}
+    out["model_training_images_per_s"] = training_rate(size, device)
+    out["model_training_reference_images_per_s"] = reference_training_rate(device)
     for batch in (1, 16, 64):
         images = np.random.default_rng(0).random((batch, size, size)).astype(np.float32)
         ours = _rate(lambda images=images: classifier.probabilities(images), batch, max(1, 64 // batch))
-        ref = reference_rate(batch, device)
-        print(f"  inference batch {batch:3d}: {ours:8.1f} images/s   reference resnet18@224 RGB "
-              f"{ref:8.1f} images/s   ratio {ours / ref:5.2f}")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak resident memory of this process: {peak_mb:.0f} MB")
+        out[f"model_inference_b{batch}_images_per_s"] = ours
+        out[f"model_inference_b{batch}_reference_images_per_s"] = reference_rate(batch, device)
+    out["model_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
-        print(f"  peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+        out["model_peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    for key, value in measure(BUNDLED).items():
+        print(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 functions the receiver and worker use), served by uvicorn and fetched over loopback HTTP the
 way a browser would, signed in with a session cookie.
 
-Run: .venv/bin/python -m benchmarks.web   (BENCH_STUDIES to change the count; part of make benchmark)
+Run: .venv/bin/python -m benchmarks.web   (BENCH_WEB_STUDIES to change the count; part of make benchmark)
 """
 
 from __future__ import annotations
@@ -82,18 +82,29 @@ def timed(opener: urllib.request.OpenerDirector, url: str, rounds: int) -> dict[
     return {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)}
 
 
-def main() -> None:
+PAGES = {  # report key: (what, path, rounds)
+    "worklist_page1": ("worklist page 1 (HTML)", "/", 20),
+    "worklist_page100": ("worklist page 100 (HTML)", "/?page=100", 10),
+    "worklist_flagged_unreviewed": ("worklist flagged, unreviewed (HTML)",
+                                    "/?flagged=true&reviewed=false", 10),
+    "api_worklist": ("/api/worklist page 1 (JSON)", "/api/worklist", 20),
+    "api_stats": ("/api/stats", "/api/stats", 5),
+    "metrics": ("/metrics", "/metrics", 5),
+    "dashboard": ("dashboard (HTML, plots drawn)", "/dashboard", 3),
+}
+
+
+def measure(count: int) -> tuple[float, dict[str, dict[str, float]]]:
+    """Seconds to seed `count` studies, and each page's median and max load time, keyed as PAGES."""
     import uvicorn
 
     from cxrtriage.web.app import create_app
 
-    count = int(os.environ.get("BENCH_STUDIES", "10000"))
     with tempfile.TemporaryDirectory(prefix="cxrtriage-webbench-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         upgrade(url)
         db = Database(url)
         seconds = seed(db, count)
-        print(f"seeded {count} studies through db/ functions in {seconds:.1f} s")
         port = free_port()
         settings = Settings(database_url=url, web_port=port, log_level="WARNING")
         server = uvicorn.Server(uvicorn.Config(create_app(settings, db), host=LOOPBACK, port=port,
@@ -105,23 +116,22 @@ def main() -> None:
         try:
             opener = sign_in(base)
             opener.open(base + "/").read()  # warm-up: fills nothing (details seeded), compiles templates
-            results = {
-                "worklist page 1 (HTML)": timed(opener, base + "/", 20),
-                "worklist page 100 (HTML)": timed(opener, base + "/?page=100", 10),
-                "worklist flagged, unreviewed (HTML)": timed(
-                    opener, f"{base}/?flagged=true&reviewed=false", 10),
-                "/api/worklist page 1 (JSON)": timed(opener, base + "/api/worklist", 20),
-                "/api/stats": timed(opener, base + "/api/stats", 5),
-                "/metrics": timed(opener, base + "/metrics", 5),
-                "dashboard (HTML, plots drawn)": timed(opener, base + "/dashboard", 3),
-            }
+            results = {key: timed(opener, base + path, rounds) for key, (_, path, rounds) in PAGES.items()}
         finally:
             server.should_exit = True
             thread.join(timeout=10)
         db.engine.dispose()
+    return seconds, results
+
+
+def main() -> None:
+    count = int(os.environ.get("BENCH_WEB_STUDIES", "10000"))
+    seconds, results = measure(count)
+    print(f"seeded {count} studies through db/ functions in {seconds:.1f} s")
     print(f"\nReview app with {count} studies (SQLite, 50 rows a page, loopback HTTP):")
-    for name, numbers in results.items():
-        print(f"  {name:40s} median {numbers['median_ms']:8.1f} ms   max {numbers['max_ms']:8.1f} ms")
+    for key, numbers in results.items():
+        print(f"  {PAGES[key][0]:40s} median {numbers['median_ms']:8.1f} ms   "
+              f"max {numbers['max_ms']:8.1f} ms")
     print(json.dumps({"studies": count, "seed_s": round(seconds, 1), **results}))
 
 
