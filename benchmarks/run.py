@@ -23,6 +23,8 @@ Every measurement is printed beside a ratio to a reference measured in the same 
   parallel ones. Reference: Orthanc (and storescp).
 - rss: peak RSS (VmHWM) of every process under `cxrtriage serve` after the latency run, named
   from their command lines. Reference: the `predict` process of the floor.
+- decoders: ms per image for each installed pydicom plugin of each compressed syntax, and its
+  agreement (benchmarks/decoders.py). Reference: the fastest plugin for that syntax.
 - model: training and inference images/s (benchmarks/model.py). Reference: torchvision ResNet-18.
 - reprocess (with CUDA, or BENCH_REPROCESS=1): `cxrtriage reprocess --include-read` of the
   pipeline's studies, unpaced, until none is queued or processing; GPU busy % from nvidia-smi.
@@ -39,7 +41,7 @@ Knobs (environment variables), defaults sized for about 10 minutes on a 2-core m
   BENCH_QUIET_SECONDS=1     CXRTRIAGE_STUDY_QUIET_SECONDS for the pipeline and latency
   BENCH_WEB_STUDIES=10000   studies seeded for the review app; 0 skips it
   BENCH_REPROCESS=auto      1 or 0 forces bulk reprocessing on or off (auto: only with CUDA)
-  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,model,web); default all
+  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,decoders,model,web); default all
   BENCH_KEEP=1              keep the work folder (server logs, files) and print where it is
 """
 
@@ -57,13 +59,13 @@ import pydicom
 import torch
 from pydicom.uid import ExplicitVRLittleEndian
 
-from benchmarks import corpus, floor, ingest, model, pipeline, web
+from benchmarks import corpus, decoders, floor, ingest, model, pipeline, web
 from benchmarks.report import GpuSampler, Report, median, percentile
 from cxrtriage.config import load_settings
 from cxrtriage.models.package import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("floor", "pipeline", "ingest", "model", "web")
+PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web")
 
 
 def _int(name: str, default: int) -> int:
@@ -146,6 +148,17 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
 
         if "ingest" in only:
             _ingest(report, work, ingest_n)
+
+        if "decoders" in only:
+            report.note("decoders: ms per 1024 x 1024 image per installed pydicom plugin; max difference "
+                        "from the original (lossless) or the fastest plugin (lossy, tolerance "
+                        f"{decoders.LOSSY_TOLERANCE}); the plugin cxrtriage uses is marked _chosen 1")
+            for row in decoders.measure():
+                key = f"decoder_{row.syntax.lower()}_{row.plugin.lower()}"
+                report.add(f"{key}_ms", row.ms, 1)
+                report.add(f"{key}_max_diff", row.max_diff)
+                report.add(f"{key}_ratio_to_fastest", row.ratio_to_fastest)
+                report.add(f"{key}_chosen", int(row.chosen))
 
         if "model" in only:
             report.note(f"model: {manifest.name} on {'cuda' if cuda else 'cpu'}; reference torchvision "
