@@ -62,7 +62,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from benchmarks import corpus, decoders, floor, ingest, model, pipeline, web
 from benchmarks.report import GpuSampler, Report, median, percentile
 from cxrtriage.config import load_settings
-from cxrtriage.models.package import read_manifest
+from cxrtriage.models.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web")

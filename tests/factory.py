@@ -13,7 +13,8 @@ from pydicom.uid import generate_uid
 
 from cxrtriage.dicom.wrap import wrap_image
 from cxrtriage.models.architectures import build_model
-from cxrtriage.models.package import Manifest, save_package
+from cxrtriage.models.manifest import Manifest
+from cxrtriage.models.package import save_package
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"

@@ -170,7 +170,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cxrtriage.db.session import upgrade
-    from cxrtriage.models.package import read_manifest
+    from cxrtriage.models.manifest import read_manifest
     from cxrtriage.worker.supervisor import supervise
 
     settings = _settings(args)

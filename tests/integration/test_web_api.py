@@ -618,7 +618,7 @@ def test_heatmap_computed_when_the_worker_stored_none(env, tiny_package) -> None
     """With CXRTRIAGE_HEATMAPS off the worker stores no heat map image; the app computes the map
     with the same weights (never with other weights) and overlays it."""
     from cxrtriage.db.results import register_model
-    from cxrtriage.models.package import read_manifest
+    from cxrtriage.models.manifest import read_manifest
 
     client = env["client"]
     manifest = read_manifest(tiny_package)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxrtriage.models.package import Manifest
+from cxrtriage.models.manifest import Manifest
 from cxrtriage.models.train_config import TrainConfig
 
 

@@ -17,8 +17,8 @@ from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
+from cxrtriage.models.manifest import Manifest
 from cxrtriage.models.model_input import IMAGE_SUFFIXES, fit_to_square, image_file_to_gray
-from cxrtriage.models.package import Manifest
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_IN_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}

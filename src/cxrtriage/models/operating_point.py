@@ -27,8 +27,8 @@ from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
 from cxrtriage.models.evaluation import holdout_samples, summarize
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.manifest import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
 from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
-from cxrtriage.models.package import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
 from cxrtriage.models.shifted import build
 from cxrtriage.models.train_config import load_train_config
 

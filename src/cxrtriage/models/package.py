@@ -7,80 +7,27 @@ ensemble: extra members share the input contract and their logits are averaged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydicom.uid import generate_uid
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cxrtriage.domain import ModelInfo
 from cxrtriage.errors import ModelError
 from cxrtriage.models.architectures import build_model
+from cxrtriage.models.manifest import (
+    CARD_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    read_manifest,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "MODEL_CARD.md"
-UID_ROOT = "1.2.826.0.1.3680043.10.1367."  # cxr-triage root under Medical Connections' UID space
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    version: str
-    architecture: str
-    input_size: int
-    in_channels: int
-    mean: float
-    std: float
-    labels: list[str]
-    flag_label: str
-    threshold: float
-    weights_sha256: str = ""
-    temperature: float = 1.0
-    threshold_rule: str = ""
-    creator: str = "cxr-triage"
-    preprocessing_version: str = "1"
-    intended_population: dict[str, Any] = field(default_factory=dict)
-    training_data: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    regression: dict[str, Any] = field(default_factory=dict)
-    members: list[dict[str, Any]] = field(default_factory=list)  # extra ensemble members
-
-    def __post_init__(self) -> None:
-        if self.flag_label not in self.labels:
-            raise ModelError(f"flag_label {self.flag_label!r} must be one of labels {self.labels}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ModelError(f"threshold must be within [0, 1], got {self.threshold}")
-        if self.in_channels != 1:
-            raise ModelError(f"in_channels must be 1 for radiographs, got {self.in_channels}")
-
-    @property
-    def device_uid(self) -> str:
-        """Changes whenever the model's outputs can change: derived from the weights' sha256 and
-        the operating point (temperature and threshold), which a new version may change alone."""
-        return generate_uid(prefix=UID_ROOT, entropy_srcs=[self.name, self.weights_sha256,
-                                                           *(m["sha256"] for m in self.members),
-                                                           repr(self.temperature), repr(self.threshold)])
-
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(name=self.name, version=self.version, creator=self.creator,
-                         device_uid=self.device_uid, weights_sha256=self.weights_sha256)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Ensemble(nn.Module):
@@ -119,16 +66,6 @@ def save_package(directory: str | Path, model: nn.Module, manifest: Manifest, ca
     (directory / MANIFEST_FILE).write_text(json.dumps(asdict(final), indent=2) + "\n")
     (directory / CARD_FILE).write_text(card)
     return final
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
-        raise ModelError(f"model package manifest not found: expected {path}")
-    try:
-        return Manifest(**json.loads(path.read_text()))
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model package manifest {path} is invalid: {exc}") from exc
 
 
 def _load_network(weights: Path, sha256: str, architecture: str, manifest: Manifest) -> nn.Module:

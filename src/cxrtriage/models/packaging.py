@@ -23,8 +23,9 @@ from cxrtriage.models.card import render_card
 from cxrtriage.models.data import Sample
 from cxrtriage.models.evaluation import summarize
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.manifest import MANIFEST_FILE, Manifest
 from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
-from cxrtriage.models.package import MANIFEST_FILE, Manifest, save_package
+from cxrtriage.models.package import save_package
 from cxrtriage.models.train_config import TrainConfig
 from cxrtriage.models.training import HISTORY, Prepared, best_model, predict_logits, prepare_data
 

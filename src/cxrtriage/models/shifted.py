@@ -36,8 +36,8 @@ from cxrtriage.dicom.wrap import wrap_image
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.data import Sample
 from cxrtriage.models.examine import examine_file
+from cxrtriage.models.manifest import Manifest
 from cxrtriage.models.model_input import PREPROCESSING_VERSION, image_file_to_gray
-from cxrtriage.models.package import Manifest
 
 logger = logging.getLogger(__name__)
 

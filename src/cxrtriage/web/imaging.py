@@ -107,7 +107,7 @@ class TryImage:
         """The weights this app can compute heat maps with (from the manifest, no loading)."""
         if self._sha is None:
             try:
-                from cxrtriage.models.package import read_manifest
+                from cxrtriage.models.manifest import read_manifest
 
                 self._sha = read_manifest(self.package).weights_sha256
             except Exception:  # no usable package: maps are then only those the worker stored

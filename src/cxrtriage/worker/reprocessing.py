@@ -41,7 +41,7 @@ class Pace:
 
 def serving_model(db: Database, settings: Settings) -> tuple[int, ModelInfo]:
     """The configured model package, registered in the database; its id and provenance."""
-    from cxrtriage.models.package import read_manifest
+    from cxrtriage.models.manifest import read_manifest
 
     manifest = read_manifest(settings.model)
     with db.session() as session:

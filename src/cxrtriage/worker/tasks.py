@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cxrtriage.worker import export, processing
+from cxrtriage.worker import export
 from cxrtriage.worker.app import app
 from cxrtriage.worker.dispatch import dispatch_study_exports
 from cxrtriage.worker.runtime import runtime
@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 @app.task(name="cxrtriage.process_study")
 def process_study(study_uid: str) -> dict[str, str | None]:
     """The study and whatever else is ready (see worker/processing.py); states by study UID."""
+    from cxrtriage.worker import processing  # torch: loaded only by workers that classify
+
     rt = runtime()
     states = processing.process_ready(rt, study_uid)
     for uid, state in states.items():
