@@ -73,7 +73,7 @@ class ReceiverIndex(Protocol):
 class ReceiverLimits:
     max_instance_bytes: int = 256 * 1024 * 1024
     max_associations: int = 10
-    max_pdu_size: int = 16382
+    max_pdu_size: int = 262144
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
