@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     study_max_attempts: int = Field(3, ge=1)  # then the study gets a "not analysed" SR
     batch_studies: int = Field(8, ge=1)  # ready studies a worker classifies in one forward pass
     batch_wait_seconds: float = Field(0.0, ge=0)  # wait this long for a batch to fill (GPU bulk work)
+    decode_processes: int = Field(2, ge=0)  # a worker's image-decoding processes; 0: decode in the worker
     # CT, MR and other non-radiograph studies get a recorded reason; an SR only if asked for.
     sr_for_non_radiograph_studies: bool = False
     sweep_interval_seconds: float = Field(1.0, gt=0)

@@ -4,6 +4,9 @@ with its own images only."""
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +30,14 @@ from tests.received import current, receive, srs
 
 
 @pytest.fixture
-def rt(tmp_path: Path, tiny_package: Path) -> Runtime:
+def rt(tmp_path: Path, tiny_package: Path) -> Iterator[Runtime]:
     url = f"sqlite:///{tmp_path}/db.sqlite"
     upgrade(url)
     settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
-                        batch_studies=3)
-    return Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
+                        batch_studies=3, decode_processes=2)
+    runtime = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
+    yield runtime
+    runtime.close()
 
 
 def _studies(rt: Runtime, count: int) -> list[str]:
@@ -153,3 +158,42 @@ def test_an_instance_arriving_during_a_batch_makes_its_study_read_again(rt, monk
     referenced = [item for st in ds.CurrentRequestedProcedureEvidenceSequence
                   for series in st.ReferencedSeriesSequence for item in series.ReferencedSOPSequence]
     assert len(referenced) == 2
+
+
+def test_a_killed_decoder_process_costs_time_not_studies(rt, monkeypatch) -> None:
+    uids = _studies(rt, 3)
+    real = pipeline.decode_ahead
+    killed: list[int] = []
+
+    def decode_then_kill(rt_: Runtime, runs: list[pipeline.StudyRun]) -> None:
+        real(rt_, runs)
+        assert any(run.decoding for run in runs), "the batch was not handed to the pool"
+        for process in list(rt_.decoder_pool._executor._processes.values()):  # type: ignore[union-attr]
+            os.kill(process.pid, signal.SIGKILL)
+            killed.append(process.pid)
+
+    monkeypatch.setattr(pipeline, "decode_ahead", decode_then_kill)
+    assert process_ready(rt, uids[0]) == {uid: "done" for uid in uids}
+    assert killed
+    monkeypatch.setattr(pipeline, "decode_ahead", real)  # the next batch gets a new pool
+    more = _studies(rt, 2)
+    assert process_ready(rt, more[0]) == {uid: "done" for uid in more}
+
+
+def test_an_undecodable_image_fails_its_study_alone_through_the_pool(rt) -> None:
+    from pydicom.uid import RLELossless
+
+    uids = _studies(rt, 2)
+    uid = generate_uid()
+    broken = radiograph(uid, PatientID="PAT0099")
+    broken.compress(RLELossless)
+    frame = bytearray(broken.PixelData)
+    broken.PixelData = bytes(frame[: len(frame) // 3])  # the encoded frame cut short
+    bad = receive(rt, [broken, radiograph(uid, "normal-2", PatientID="PAT0099")])
+    states = process_ready(rt, uids[0])
+    assert states == {uids[0]: "done", uids[1]: "done", bad: "done"}  # its other image is read
+    with rt.db.session() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == bad))
+        rows = session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
+        assert sorted(r.state for r in rows) == ["classified", "failed"]
+        assert any("decoded" in r.reason for r in rows if r.state == "failed")

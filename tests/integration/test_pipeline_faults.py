@@ -4,6 +4,7 @@ current SR that says "not analysed" and why, and that SR passes dciodvfy."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -25,12 +26,14 @@ from tests.servers import binary
 
 
 @pytest.fixture
-def rt(tmp_path: Path, tiny_package: Path) -> Runtime:
+def rt(tmp_path: Path, tiny_package: Path) -> Iterator[Runtime]:
     url = f"sqlite:///{tmp_path}/db.sqlite"
     upgrade(url)
     settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
                         heatmaps=False)
-    return Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
+    runtime = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
+    yield runtime
+    runtime.close()
 
 
 def assert_valid(path: str) -> None:

@@ -72,12 +72,13 @@ def gate(ds: Dataset, manifest: Manifest) -> Examined:
     return item
 
 
-def prepare(item: Examined, input_size: int) -> None:
-    """The model input of a gated image; an image that cannot be prepared is marked failed."""
+def prepare(item: Examined, input_size: int, gray: np.ndarray | None = None) -> None:
+    """The model input of a gated image (from its grayscale image when already decoded); an
+    image that cannot be prepared is marked failed."""
     if item.header is None:
         raise ValueError("prepare needs an item with a header")
     try:
-        item.image = fit_to_square(dataset_to_gray(item.header), input_size)
+        item.image = fit_to_square(dataset_to_gray(item.header) if gray is None else gray, input_size)
     except InvalidInputError as exc:
         item.failed, item.detail = exc.reason, str(exc)
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 from io import BytesIO
@@ -42,6 +43,7 @@ from cxrtriage.domain import (
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.examine import Examined, gate, prepare
 from cxrtriage.models.model_input import PREPROCESSING_VERSION
+from cxrtriage.worker.prefetch import Decoded
 from cxrtriage.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class StudyRun:
     predictions: dict[int, Prediction] = field(default_factory=dict)
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # by instance id, [S, S] in [0, 1]
     batched: tuple[list[Prediction], np.ndarray | None] | None = None  # its share of a joint pass
+    decoding: dict[int, Future[Decoded]] = field(default_factory=dict)  # by instance id, in the pool
     reason: Reason | None = None  # set once the study cannot be analysed
     state: StudyState | None = None
     minimal_headers: bool = False
@@ -100,11 +103,42 @@ def preprocess(rt: Runtime, run: StudyRun) -> None:
     studies holds only the small model inputs and the headers the report needs."""
     if run.reason:
         return
-    for _, item in run.items:
+    for ref, item in run.items:
         if item.header is not None and item.reason is None:
-            prepare(item, rt.classifier.manifest.input_size)
+            gray, failed = _decoded(run, ref.instance_id)
+            if failed is not None:
+                item.failed, item.detail = failed
+            else:
+                prepare(item, rt.classifier.manifest.input_size, gray)
         if item.header is not None and "PixelData" in item.header:
             del item.header.PixelData
+
+
+def _decoded(run: StudyRun, instance_id: int) -> tuple[np.ndarray | None, tuple[Reason, str] | None]:
+    """The pool's grayscale image, or its coded failure; (None, None): decode here instead."""
+    future = run.decoding.pop(instance_id, None)
+    if future is None:
+        return None, None
+    try:
+        gray, reason, detail = future.result()
+    except Exception as exc:  # the pool broke (a process died): this worker decodes it itself
+        logger.warning("pool decoding failed; decoding in the worker",
+                       extra={"study_uid": run.claim.study_uid, "error": type(exc).__name__})
+        return None, None
+    return (gray, None) if gray is not None else (None, (Reason(reason), detail))
+
+
+def decode_ahead(rt: Runtime, runs: list[StudyRun]) -> None:
+    """Start decoding every accepted image of the batch in the decoder pool, so that they decode
+    on every core while the worker prepares them in order (see worker/prefetch.py)."""
+    wanted = [(run, ref) for run in runs if not run.reason
+              for ref, item in run.items if item.header is not None and item.reason is None]
+    pool = rt.decoder_pool if len(wanted) > 1 else None  # one image: no gain from a hand-off
+    if pool is None:
+        return
+    for run, ref in wanted:
+        if (future := pool.submit(ref.path)) is not None:
+            run.decoding[ref.instance_id] = future
 
 
 def classify(rt: Runtime, run: StudyRun) -> None:
@@ -363,7 +397,9 @@ def run_steps(rt: Runtime, runs: list[StudyRun]) -> None:
     images classified in one forward pass, then each reported and recorded in its own boundary.
     Each run's `state` is then the recorded state, or None when nothing was recorded (the study
     changed meanwhile, or its claim was given back)."""
-    ready = [run for run in runs if _run_step(rt, run, "read and gate") and _run_step(rt, run, "preprocess")]
+    read = [run for run in runs if _run_step(rt, run, "read and gate")]
+    decode_ahead(rt, read)
+    ready = [run for run in read if _run_step(rt, run, "preprocess")]
     infer_together(rt, ready)
     for run in ready:
         for name in ("classify", "report", "record"):

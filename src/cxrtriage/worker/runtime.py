@@ -12,6 +12,7 @@ from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.errors import ConfigError
+from cxrtriage.worker.prefetch import DecoderPool
 
 if TYPE_CHECKING:  # torch is loaded only by processes that classify, never by the receiver
     from cxrtriage.models.inference import Classifier
@@ -24,6 +25,7 @@ class Runtime:
     store: InstanceStore
     _classifier: Classifier | None = None
     _model_version_id: int | None = None
+    _decoder_pool: DecoderPool | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -35,6 +37,19 @@ class Runtime:
 
                 self._classifier = Classifier(self.settings.model)
             return self._classifier
+
+    @property
+    def decoder_pool(self) -> DecoderPool | None:
+        """Processes that decode a batch's images on every core; None when turned off."""
+        with self._lock:
+            if self._decoder_pool is None and self.settings.decode_processes > 0:
+                self._decoder_pool = DecoderPool(self.settings.decode_processes)
+            return self._decoder_pool
+
+    def close(self) -> None:
+        """Stop the decoder pool's processes (the next batch would start new ones)."""
+        if self._decoder_pool is not None:
+            self._decoder_pool.shutdown()
 
     @property
     def model_version_id(self) -> int:
