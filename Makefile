@@ -3,7 +3,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 APT_PACKAGES := orthanc dcmtk redis-server postgresql dicom3tools openssl libgdcm-tools chromium \
-                chromium-driver systemd bsdutils
+                chromium-driver systemd bsdutils openjph-tools
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
@@ -23,6 +23,7 @@ system-deps:
 	   || ! command -v openssl >/dev/null || ! command -v gdcmconv >/dev/null \
 	   || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
 	   || ! command -v systemd-analyze >/dev/null || ! command -v script >/dev/null \
+	   || ! command -v ojph_compress >/dev/null \
 	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \

@@ -94,3 +94,27 @@ def add_sr_export(rt: Any, folder: Path, model: Any, study_uid: str | None = Non
                                supersedes_uid=None, kind=ExportKind.NOT_ANALYSED, path=str(path),
                                destination=rt.settings.sr_destination)
         return int(export.id)
+
+
+def htj2k_radiograph(folder: Path, study_uid: str | None = None) -> tuple[Dataset, np.ndarray]:
+    """A 12-bit DX whose pixels OpenJPH's `ojph_compress` encoded as lossless High-Throughput
+    JPEG 2000 (another project's encoder), and the pixels it holds."""
+    import subprocess
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless
+
+    from tests.servers import binary
+
+    pixels = np.kron(sample_pixels("pneumonia-1").astype(np.uint16) << 4, np.ones((2, 2), np.uint16))
+    source, codestream = folder / "htj2k-source.pgm", folder / "htj2k.j2c"
+    rows, cols = pixels.shape
+    source.write_bytes(f"P5\n{cols} {rows}\n4095\n".encode() + pixels.astype(">u2").tobytes())
+    subprocess.run([binary("ojph_compress"), "-i", str(source), "-o", str(codestream), "-reversible",
+                    "true"], check=True, capture_output=True, timeout=60)
+    ds = wrap_image(pixels, study_uid=study_uid or generate_uid(), **{**SENTINELS, "PatientAge": "003Y"})
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = encapsulate([codestream.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    return ds, pixels

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -177,8 +178,8 @@ def test_undecodable_transfer_syntax_is_refused_at_negotiation(service_factory):
     service.start("receiver", "receiver")
     wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
     ae = AE(ae_title="MODALITY")
-    htj2k = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: no installed decoder
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", [htj2k])
+    mpeg2 = "1.2.840.10008.1.2.4.100"  # MPEG-2 video: no installed decoder
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", [mpeg2])
     ae.add_requested_context(Verification)
     assoc = ae.associate(LOOPBACK, service.port, ae_title="CXRTRIAGE")
     try:
@@ -187,3 +188,28 @@ def test_undecodable_transfer_syntax_is_refused_at_negotiation(service_factory):
         assert "1.2.840.10008.5.1.4.1.1.1.1" not in accepted, "an undecodable syntax was accepted"
     finally:
         assoc.release()
+
+
+def test_htj2k_is_taken_as_sent_and_stored(service_factory, tmp_path):
+    """A newer modality offers High-Throughput JPEG 2000 with an uncompressed fallback in one
+    context: the receiver takes HTJ2K, so the file arrives as the modality holds it."""
+    from pydicom.uid import HTJ2KLossless
+
+    from tests.factory import htj2k_radiograph
+
+    service = service_factory({})
+    service.start("receiver", "receiver")
+    wait_for(lambda: echoscu(service.port), 60, "receiver C-ECHO", interval=0.5)
+    ds, _ = htj2k_radiograph(tmp_path)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(str(ds.SOPClassUID), [HTJ2KLossless, ExplicitVRLittleEndian])
+    assoc = ae.associate(LOOPBACK, service.port, ae_title="CXRTRIAGE")
+    try:
+        assert assoc.is_established
+        [context] = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == HTJ2KLossless
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    stored = [p for p in (service.workdir / "var" / "storage").rglob("*.dcm") if "spool" not in p.parts]
+    assert [str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in stored] == [HTJ2KLossless]

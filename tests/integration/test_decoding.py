@@ -67,3 +67,12 @@ def test_pydicom_encoded_multiframe_decodes_its_first_frame_only(tmp_path: Path,
     ours = first_frame(ds)
     assert ours.shape == pixels.shape
     assert np.abs(ours.astype(int) - pixels.astype(int)).max() <= kwargs.get("jls_error", 0)
+
+
+def test_htj2k_written_by_openjph_decodes_exactly(tmp_path: Path) -> None:
+    from tests.factory import htj2k_radiograph
+
+    ds, pixels = htj2k_radiograph(tmp_path)
+    path = tmp_path / "htj2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert np.array_equal(first_frame(pydicom.dcmread(path)), pixels)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -36,8 +39,10 @@ ACCEPTED_SOP_CLASSES = {**RADIOGRAPH_SOP_CLASSES, CT: "CT", MR: "MR"}
 # syntaxes come first, so a file arrives as the sender holds it instead of being decompressed
 # (or, worse, recompressed) on the way; lossless before lossy, so that a sender able to send either
 # keeps the exact pixels.
-LOSSLESS_COMPRESSED = [JPEGLSLossless, JPEGLosslessSV1, JPEGLossless, JPEG2000Lossless, RLELossless]
-LOSSY_COMPRESSED = [JPEGLSNearLossless, JPEG2000, JPEGExtended12Bit, JPEGBaseline8Bit]
+# High-Throughput JPEG 2000 (DICOM 2023, newer modalities) decodes with pylibjpeg-openjpeg.
+LOSSLESS_COMPRESSED = [JPEGLSLossless, JPEGLosslessSV1, JPEGLossless, HTJ2KLossless, HTJ2KLosslessRPCL,
+                       JPEG2000Lossless, RLELossless]
+LOSSY_COMPRESSED = [JPEGLSNearLossless, HTJ2K, JPEG2000, JPEGExtended12Bit, JPEGBaseline8Bit]
 COMPRESSED = LOSSLESS_COMPRESSED + LOSSY_COMPRESSED
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                 ExplicitVRBigEndian]
