@@ -49,6 +49,7 @@ from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
 logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
 MIN_PAUSE_SECONDS = 0.01  # also the margin past a quiet time, so the study is quiet when swept
+MIN_SWEEP_GAP_SECONDS = 0.1  # a burst of wake-ups (many associations closing) sweeps this often at most
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,14 @@ def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
         metrics.queue_depth.labels(queue=QUEUE).set(depth)
 
 
-def _pause(stop: threading.Event, wake: threading.Event, seconds: float) -> None:
-    """Wait `seconds`, or until woken or stopped (stop is looked at every half second)."""
+def _pause(stop: threading.Event, wake: threading.Event, seconds: float, earliest: float) -> None:
+    """Wait `seconds`, or until woken or stopped (stop is looked at every half second); in any
+    case until the monotonic time `earliest`, so that wake-ups cannot make the sweeps spin."""
     deadline = time.monotonic() + seconds
     while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
         if wake.wait(min(left, 0.5)):
-            return
+            break
+    stop.wait(max(0.0, earliest - time.monotonic()))
 
 
 def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
@@ -209,6 +212,6 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
                     refresh_gauges(db, metrics)
                 except Exception:  # a gauge left stale never stops the sweeps
                     logger.warning("metrics refresh failed", exc_info=True)
-        _pause(stop, wake, pause_seconds(settings, swept, utcnow()))
+        _pause(stop, wake, pause_seconds(settings, swept, utcnow()), started + MIN_SWEEP_GAP_SECONDS)
     if nightly is not None:
         nightly.join(timeout=10)
