@@ -152,7 +152,7 @@ def test_production_refuses_to_listen_without_tls_unless_told(service_factory, t
 
 
 def test_sr_goes_out_over_tls(tmp_path, pki):
-    from cxrtriage.dicom.sender import send_file
+    from cxrtriage.dicom.sender import send_files
     from tests.factory import radiograph
 
     received = []
@@ -166,8 +166,9 @@ def test_sr_goes_out_over_tls(tmp_path, pki):
         ds = radiograph()
         path = tmp_path / "x.dcm"
         ds.save_as(path, enforce_file_format=True)
-        send_file(path, "PACS", LOOPBACK, port, "CXRTRIAGE",
-                  ssl_context=client_context(pki["client"], pki["client_key"], pki["ca"]))
+        [delivery] = send_files([path], "PACS", LOOPBACK, port, "CXRTRIAGE",
+                                ssl_context=client_context(pki["client"], pki["client_key"], pki["ca"]))
+        assert delivery.error == "" and delivery.status == 0x0000
         assert received == [ds.SOPInstanceUID]
     finally:
         server.shutdown()

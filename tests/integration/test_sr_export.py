@@ -10,12 +10,12 @@ import pydicom
 from sqlalchemy import select
 
 from cxrtriage.config import Settings
-from cxrtriage.db.exports import due_export_batches, due_exports
+from cxrtriage.db.exports import due_export_batches
 from cxrtriage.db.models import SrExport
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ModelInfo
-from cxrtriage.worker.export import export_sr, export_srs
+from cxrtriage.worker.export import export_srs
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import add_sr_export
 from tests.servers import Proc, binary, free_port, port_open, wait_for
@@ -45,14 +45,14 @@ def test_down_destination_backs_off_then_fails(tmp_path):
     gaps = []
     for attempt in range(1, 4):
         with rt.db.session() as session:
-            assert due_exports(session, hold_seconds=60) == [export_id]
-        assert export_sr(rt, export_id) in ("pending", "failed")
+            assert due_export_batches(session, hold_seconds=60) == [[export_id]]
+        assert export_srs(rt, [export_id]) in (["pending"], ["failed"])
         row = _row(rt, export_id)
         assert row.attempts == attempt and "not established" in row.last_error
         if row.next_attempt_at is not None:
             gaps.append((row.next_attempt_at - row.created_at).total_seconds())
             with rt.db.session() as session:
-                assert due_exports(session, hold_seconds=60) == []  # not due before its backoff
+                assert due_export_batches(session, hold_seconds=60) == []  # not due before its backoff
             time.sleep(0.2 * 2 ** (attempt - 1) + 0.05)
     assert _row(rt, export_id).state == "failed"
     assert gaps[1] > gaps[0], "backoff grows"
@@ -66,7 +66,7 @@ def test_listening_destination_receives_the_sr(tmp_path):
     try:
         wait_for(lambda: port_open(port), 30, "storescp")
         rt, export_id = _runtime(tmp_path, f"PACS@127.0.0.1:{port}")
-        assert export_sr(rt, export_id) == "sent"
+        assert export_srs(rt, [export_id]) == ["sent"]
         row = _row(rt, export_id)
         assert row.attempts == 1 and row.sent_at is not None
         received = [pydicom.dcmread(p) for p in inbox.iterdir()]

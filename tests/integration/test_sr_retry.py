@@ -16,12 +16,12 @@ import pydicom
 from sqlalchemy import select
 
 from cxrtriage.config import Settings
-from cxrtriage.db.exports import due_exports, retry_exports
+from cxrtriage.db.exports import due_export_batches, retry_exports
 from cxrtriage.db.models import SrExport, SrExportAttempt
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ModelInfo
-from cxrtriage.worker.export import export_sr
+from cxrtriage.worker.export import export_srs
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import add_sr_export, radiograph
 from tests.servers import LOOPBACK, Proc, binary, free_port, port_open, wait_for
@@ -55,9 +55,9 @@ def _attempt_until(rt: Runtime, export_id: int, done: set[str], limit: int) -> s
     state = "pending"
     for _ in range(limit):
         with rt.db.session() as session:
-            due = due_exports(session, hold_seconds=30)
-        if export_id in due:
-            state = export_sr(rt, export_id)
+            due = due_export_batches(session, hold_seconds=30)
+        if any(export_id in batch for batch in due):
+            [state] = export_srs(rt, [export_id])
             if state in done:
                 return state
         else:
@@ -104,7 +104,8 @@ def test_superseded_sr_goes_first_and_resends_are_recorded(tmp_path):
     study_uid = str(radiograph().StudyInstanceUID)
     first, second = _add_sr(rt, tmp_path, study_uid, 1), _add_sr(rt, tmp_path, study_uid, 2)
     with rt.db.session() as session:
-        assert due_exports(session, hold_seconds=0) == [first], "the successor overtook its predecessor"
+        assert due_export_batches(session, hold_seconds=0) == [[first]], \
+            "the successor overtook its predecessor"
     scp = Proc("storescp", [binary("storescp"), "-aet", "PACS", "-od", str(inbox), "+uf", str(port)],
                tmp_path)
     try:

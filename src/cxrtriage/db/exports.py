@@ -64,11 +64,6 @@ def due_export_batches(session: Session, hold_seconds: float, now: datetime | No
     return list(batches.values())
 
 
-def due_exports(session: Session, hold_seconds: float, now: datetime | None = None) -> list[int]:
-    """The due exports' ids, oldest first (see due_export_batches)."""
-    return sorted(i for batch in due_export_batches(session, hold_seconds, now) for i in batch)
-
-
 def claim_export(session: Session, export_id: int, seconds: float) -> SrExportAttempt | None:
     """Take a pending export for one attempt; None when it is not pending or another worker is
     sending it. The claim lapses after `seconds`, so a dead worker's export is sent again."""

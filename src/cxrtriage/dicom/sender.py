@@ -21,8 +21,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from cxrtriage.errors import TransientError
-
 logger = logging.getLogger(__name__)
 
 DELIVERED = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the warnings that still store
@@ -111,16 +109,3 @@ def _store(assoc: Association, ds: Dataset, peer: str) -> Delivery:
         return Delivery(code, f"{peer} answered C-STORE status 0x{code:04X}")
     logger.info("sent", extra={"sop_instance_uid": str(ds.SOPInstanceUID), "status": hex(code)})
     return Delivery(code)
-
-
-def send_file(path: str | Path, ae_title: str, host: str, port: int, calling_ae: str, *,
-              connect_timeout: float = 10.0, deadline: float = 120.0,
-              ssl_context: ssl.SSLContext | None = None) -> int:
-    """C-STORE one file and return the peer's status; any failure to deliver is a TransientError
-    with a readable reason."""
-    delivery = send_files([path], ae_title, host, port, calling_ae, connect_timeout=connect_timeout,
-                          deadline=deadline, ssl_context=ssl_context)[0]
-    if delivery.error:
-        raise TransientError(delivery.error)
-    assert delivery.status is not None
-    return delivery.status

@@ -103,7 +103,3 @@ def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
                                                           "error": error})
             states[c.export_id] = state
     return [states[i] for i in export_ids]
-
-
-def export_sr(rt: Runtime, export_id: int) -> str:
-    return export_srs(rt, [export_id])[0]
