@@ -4,9 +4,12 @@ a listening one (dcmtk storescp) receives the SR."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from cxrtriage.config import Settings
@@ -58,75 +61,74 @@ def test_down_destination_backs_off_then_fails(tmp_path):
     assert gaps[1] > gaps[0], "backoff grows"
 
 
-def test_listening_destination_receives_the_sr(tmp_path):
+@dataclass
+class Pacs:
+    """dcmtk's storescp as the SR destination: its inbox, and its log (verbose: one line per
+    association it accepts)."""
+
+    destination: str
+    inbox: Path
+    proc: Proc
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Pacs]:
     port = free_port()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    scp = Proc("storescp", [binary("storescp"), "-aet", "PACS", "-od", str(inbox), str(port)], tmp_path)
+    proc = Proc("storescp", [binary("storescp"), "-v", "-aet", "PACS", "-od", str(inbox), str(port)],
+                tmp_path)
     try:
         wait_for(lambda: port_open(port), 30, "storescp")
-        rt, export_id = _runtime(tmp_path, f"PACS@127.0.0.1:{port}")
-        assert export_srs(rt, [export_id]) == ["sent"]
-        row = _row(rt, export_id)
-        assert row.attempts == 1 and row.sent_at is not None
-        received = [pydicom.dcmread(p) for p in inbox.iterdir()]
-        assert [str(ds.SOPInstanceUID) for ds in received] == [row.sr_sop_instance_uid]
+        yield Pacs(f"PACS@127.0.0.1:{port}", inbox, proc)
     finally:
-        scp.stop()
+        proc.stop()
 
 
-def test_a_studys_sr_and_heatmap_go_out_over_one_association(tmp_path):
-    """dcmtk's storescp (verbose) logs each association it accepts."""
+def test_listening_destination_receives_the_sr(tmp_path, pacs):
+    rt, export_id = _runtime(tmp_path, pacs.destination)
+    assert export_srs(rt, [export_id]) == ["sent"]
+    row = _row(rt, export_id)
+    assert row.attempts == 1 and row.sent_at is not None
+    received = [pydicom.dcmread(p) for p in pacs.inbox.iterdir()]
+    assert [str(ds.SOPInstanceUID) for ds in received] == [row.sr_sop_instance_uid]
+
+
+def test_a_studys_sr_and_heatmap_go_out_over_one_association(tmp_path, pacs):
     from cxrtriage.db.models import Study
     from cxrtriage.db.results import record_export
     from cxrtriage.domain import ExportKind
     from tests.factory import radiograph
 
-    port = free_port()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    scp = Proc("storescp", [binary("storescp"), "-v", "-aet", "PACS", "-od", str(inbox), str(port)], tmp_path)
-    try:
-        wait_for(lambda: port_open(port), 30, "storescp")
-        rt, sr_id = _runtime(tmp_path, f"PACS@127.0.0.1:{port}")
-        with rt.db.session() as session:
-            sr = session.get(SrExport, sr_id)
-            assert sr is not None
-            study = session.get(Study, sr.study_id)
-            assert study is not None
-            image = radiograph(study.study_uid)  # stands in for the heatmap: any storable image
-            path = tmp_path / "heatmap.dcm"
-            image.save_as(path, enforce_file_format=True)
-            heatmap_id = record_export(
-                session, study_id=sr.study_id, model_version_id=sr.model_version_id,
-                series_uid=str(image.SeriesInstanceUID), sop_uid=str(image.SOPInstanceUID),
-                supersedes_uid=None, kind=ExportKind.HEATMAP, path=str(path),
-                destination=rt.settings.sr_destination).id
-        with rt.db.session() as session:
-            batches = due_export_batches(session, hold_seconds=60)
-        assert batches == [[sr_id, heatmap_id]]
-        assert export_srs(rt, batches[0]) == ["sent", "sent"]
-        assert len(list(inbox.iterdir())) == 2
-        assert scp.log().count("Association Acknowledged") == 1  # (the port probe is not one)
-    finally:
-        scp.stop()
+    rt, sr_id = _runtime(tmp_path, pacs.destination)
+    with rt.db.session() as session:
+        sr = session.get(SrExport, sr_id)
+        assert sr is not None
+        study = session.get(Study, sr.study_id)
+        assert study is not None
+        image = radiograph(study.study_uid)  # stands in for the heatmap: any storable image
+        path = tmp_path / "heatmap.dcm"
+        image.save_as(path, enforce_file_format=True)
+        heatmap_id = record_export(
+            session, study_id=sr.study_id, model_version_id=sr.model_version_id,
+            series_uid=str(image.SeriesInstanceUID), sop_uid=str(image.SOPInstanceUID),
+            supersedes_uid=None, kind=ExportKind.HEATMAP, path=str(path),
+            destination=rt.settings.sr_destination).id
+    with rt.db.session() as session:
+        batches = due_export_batches(session, hold_seconds=60)
+    assert batches == [[sr_id, heatmap_id]]
+    assert export_srs(rt, batches[0]) == ["sent", "sent"]
+    assert len(list(pacs.inbox.iterdir())) == 2
+    assert pacs.proc.log().count("Association Acknowledged") == 1  # (the port probe is not one)
 
 
-def test_a_refused_object_does_not_hold_back_the_others(tmp_path):
-    """storescp given only the SR's SOP class refuses the image's context: the SR is sent, the
-    image's export records the refusal and stays pending."""
-    port = free_port()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    scp = Proc("storescp", [binary("storescp"), "-aet", "PACS", "-od", str(inbox), str(port)], tmp_path)
-    try:
-        wait_for(lambda: port_open(port), 30, "storescp")
-        rt, sr_id = _runtime(tmp_path, f"PACS@127.0.0.1:{port}")
-        missing_id = add_sr_export(rt, tmp_path, MODEL, key="second")
-        Path(_row(rt, missing_id).path).unlink()  # its file is gone
-        states = export_srs(rt, [sr_id, missing_id])
-        assert states == ["sent", "pending"]
-        assert "FileNotFoundError" in _row(rt, missing_id).last_error
-        assert len(list(inbox.iterdir())) == 1
-    finally:
-        scp.stop()
+def test_an_unsendable_object_does_not_hold_back_the_others(tmp_path, pacs):
+    """Of two exports sent together, one has lost its file: the other is still sent, and the
+    missing one records why and stays pending."""
+    rt, sr_id = _runtime(tmp_path, pacs.destination)
+    missing_id = add_sr_export(rt, tmp_path, MODEL, key="second")
+    Path(_row(rt, missing_id).path).unlink()  # its file is gone
+    states = export_srs(rt, [sr_id, missing_id])
+    assert states == ["sent", "pending"]
+    assert "FileNotFoundError" in _row(rt, missing_id).last_error
+    assert len(list(pacs.inbox.iterdir())) == 1
