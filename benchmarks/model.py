@@ -30,21 +30,26 @@ def _rate(fn, images: int, repeats: int) -> float:  # type: ignore[no-untyped-de
     return images * repeats / (time.perf_counter() - start)
 
 
-def training_rate(size: int, device: torch.device, batch: int = 32, steps: int = 4) -> float:
-    model = build_model("resnet18", 2).to(device).train()
+def _training_rate(model: torch.nn.Module, x: torch.Tensor, classes: int, steps: int) -> float:
+    """Images/s of AdamW steps on one batch of random inputs and labels."""
+    model = model.to(x.device).train()
     optimizer = torch.optim.AdamW(model.parameters())
-    x = torch.rand(batch, 1, size, size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
+    y = torch.randint(0, classes, (len(x),), device=x.device)
 
     def step() -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
+        if x.device.type == "cuda":
             torch.cuda.synchronize()
 
-    return _rate(step, batch, steps)
+    return _rate(step, len(x), steps)
+
+
+def training_rate(size: int, device: torch.device, batch: int = 32, steps: int = 4) -> float:
+    x = torch.rand(batch, 1, size, size, device=device)
+    return _training_rate(build_model("resnet18", 2), x, 2, steps)
 
 
 def reference_rate(batch: int, device: torch.device) -> float:
@@ -62,20 +67,8 @@ def reference_rate(batch: int, device: torch.device) -> float:
 
 def reference_training_rate(device: torch.device, batch: int = 32, steps: int = 4) -> float:
     """torchvision's ResNet-18 trained at 224 px RGB, the usual published reference point."""
-    model = resnet18(weights=None).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch, 3, 224, 224, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return _rate(step, batch, steps)
+    return _training_rate(resnet18(weights=None), x, 1000, steps)
 
 
 def measure(package: Path = BUNDLED, device: torch.device | None = None) -> dict[str, float | int | str]:
