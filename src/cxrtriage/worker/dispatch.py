@@ -8,6 +8,7 @@ from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_export_batches
 from cxrtriage.db.session import Database
 from cxrtriage.worker.app import EXPORT_QUEUE, app
+from cxrtriage.worker.export import dispatch_hold_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,6 @@ def dispatch_study_exports(db: Database, settings: Settings, study_uid: str) -> 
     """Send a study's new SR and heatmaps as soon as they are recorded, not at the next sweep;
     returns how many were dispatched. Dispatched before the hold commits: a dispatch that is
     not recorded only costs a duplicate message, which the export claim absorbs."""
-    from cxrtriage.worker.export import dispatch_hold_seconds
-
     with db.session() as session:
         batches = due_export_batches(session, dispatch_hold_seconds(settings), study_uid=study_uid)
         for batch in batches:

@@ -146,15 +146,15 @@ def classify(rt: Runtime, run: StudyRun) -> None:
     accepted = [(ref, item.image) for ref, item in run.items if item.image is not None]
     if run.reason or not accepted:
         return
-    uids, images = [ref.sop_instance_uid for ref, _ in accepted], np.stack([image for _, image in accepted])
+    uids = [ref.sop_instance_uid for ref, _ in accepted]
     maps: np.ndarray | None = None
-    if run.batched is not None:
+    if run.batched is not None:  # classified with the batch: only the UIDs are its own
         preds = [replace(p, sop_instance_uid=uid) for p, uid in zip(run.batched[0], uids, strict=True)]
         maps = run.batched[1]
     elif rt.settings.heatmaps:
-        preds, maps = rt.classifier.predict_with_heatmaps(uids, images)
+        preds, maps = rt.classifier.predict_with_heatmaps(uids, np.stack([image for _, image in accepted]))
     else:
-        preds = rt.classifier.predict(uids, images)
+        preds = rt.classifier.predict(uids, np.stack([image for _, image in accepted]))
     if maps is not None:
         run.heatmaps = {ref.instance_id: cam for (ref, _), cam in zip(accepted, maps, strict=True)}
     run.predictions = {ref.instance_id: pred for (ref, _), pred in zip(accepted, preds, strict=True)}
