@@ -2,20 +2,20 @@
 acquired. Each DICOM file is made by the shifted validation's renderer and read back by the
 worker's own step (`examine_file`); the reference is the same picture as a plain grayscale array.
 
-Tolerances (flag probability, absolute), from measurements of the 1.2.0 package:
+Tolerances (flag probability, absolute), from measurements of the 1.3.0 package on a pneumonia at
+p = 0.90 (a normal at p = 0.008 moves by less than 1e-4 under every variation):
 - every lossless encoding (8/12/16 bits, MONOCHROME1/2, uncompressed, RLE, JPEG-LS and
   JPEG 2000 lossless): 1e-3;
-- lossy encodings (JPEG 2000 at 20:1, JPEG baseline at quality 85), resampling to a 160-1024 px
-  detector, and aspect ratios 0.82 and 1.22 (squashed back to the square by preprocessing
-  version 2; padded, version 1 moved a normal picture by ~0.10): 0.01;
-- windows (fitted or clipping 1-99%), 80% of the stored range used without a window, power
-  responses 0.8-1.25, a log response log1p(5x)/log1p(5): 0.05 (1.1.0's weights moved a normal
-  picture by 0.56 under that log response; 1.2.0's fine-tuned member brought it to 0.03);
-- known weaknesses, marked xfail(strict) so that fixing them has to update this file: a stronger
-  log response (log1p(8x)/log1p(8)) and half the stored range without a window (a flat, grey
-  picture) move a normal picture towards pneumonia by 0.10-0.12.
+- intensity: windows (fitted, or clipping 1-99%), part of the stored range without a window (80%,
+  and 50%: a flat, grey picture), power responses 0.8-1.25 and log responses log1p(a x)/log1p(a)
+  for a = 5 and 8: 2e-3 (measured at most 8e-4). 1.3.0 rank-equalises its input, so an increasing
+  change of intensity reaches the network unchanged; 1.2.0 moved a normal picture towards
+  pneumonia by 0.10-0.12 under the last two, which were strict xfails here;
+- geometry and lossy encodings: JPEG 2000 at 20:1, JPEG baseline at quality 85, resampling to a
+  160-1024 px detector, and aspect ratios 0.82 and 1.22 (squashed back to the square by
+  preprocessing version 2): 0.02 (measured at most 0.014, a 160 px detector).
 These are for pictures the model is sure of; a picture near the threshold moves more in
-probability (a viral pneumonia at p = 0.79 moves by up to 0.3 under a clipping window).
+probability.
 """
 
 from __future__ import annotations
@@ -79,17 +79,19 @@ def test_every_lossless_encoding_gives_the_same_probability(classifier, tmp_path
 
 
 VARIATIONS = {
-    0.01: {"j2k-lossy": replace(BASE, encoding="j2k-lossy"),
+    0.002: {"window fit": replace(BASE, range_use=0.7, offset=0.1, window="fit"),
+            "window clip": replace(BASE, window="clip"),
+            "80% of the range, no window": replace(BASE, range_use=0.8, offset=0.1),
+            "half the range, no window": replace(BASE, range_use=0.5, offset=0.25),
+            "gamma 0.8": replace(BASE, response="gamma", response_param=0.8),
+            "gamma 1.25": replace(BASE, response="gamma", response_param=1.25),
+            "log 5": replace(BASE, response="log", response_param=5.0),
+            "log 8": replace(BASE, response="log", response_param=8.0)},
+    0.02: {"j2k-lossy": replace(BASE, encoding="j2k-lossy"),
            "jpeg-baseline": replace(BASE, bits=8, encoding="jpeg-baseline"),
            "detector 160": replace(BASE, detector=160), "detector 512": replace(BASE, detector=512),
            "detector 1024": replace(BASE, detector=1024),
            "aspect 0.82": replace(BASE, aspect=0.82), "aspect 1.22": replace(BASE, aspect=1.22)},
-    0.05: {"window fit": replace(BASE, range_use=0.7, offset=0.1, window="fit"),
-           "window clip": replace(BASE, window="clip"),
-           "80% of the range, no window": replace(BASE, range_use=0.8, offset=0.1),
-           "gamma 0.8": replace(BASE, response="gamma", response_param=0.8),
-           "gamma 1.25": replace(BASE, response="gamma", response_param=1.25),
-           "log 5": replace(BASE, response="log", response_param=5.0)},
 }
 
 
@@ -105,12 +107,3 @@ def test_acquisition_variations_stay_within_tolerance(classifier, tmp_path, pict
             acq = replace(acq, detector=size)
         moved[name] = round(_served(classifier, gray, acq, tmp_path) - reference, 4)
     assert all(abs(v) <= tolerance for v in moved.values()), moved
-
-
-@pytest.mark.xfail(strict=True, reason="known weakness: a strong log response or a flat, grey "
-                   "picture makes normal lungs look opaque (docs/evaluation, shifted validation by factor)")
-@pytest.mark.parametrize("acq", [replace(BASE, response="log", response_param=8.0),
-                                 replace(BASE, range_use=0.5, offset=0.25)], ids=["log 8", "half range"])
-def test_known_weaknesses_leave_a_normal_picture_normal(classifier, tmp_path, acq):
-    gray = _picture("normal-1")
-    assert abs(_served(classifier, gray, acq, tmp_path) - _reference(classifier, gray)) <= 0.05

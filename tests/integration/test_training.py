@@ -21,8 +21,10 @@ from cxrtriage.models.training import (
     BEST_WEIGHTS,
     CHECKPOINT,
     HISTORY,
+    best_model,
     initial_model,
     parameter_groups,
+    predict_logits,
     train,
 )
 
@@ -79,6 +81,24 @@ def test_package_loads_back_with_identical_predictions(tmp_path):
 
     held_out = discover(tmp_path / "run" / "validation.csv")
     assert held_out and all(Path(s.path).is_file() for s in held_out)
+
+
+def test_an_equalising_package_serves_what_it_was_trained_on(tmp_path):
+    cfg = _cfg(epochs=2, input_normalisation="equalise", early_stopping_metric="none")
+    config_file = tmp_path / "train.toml"
+    config_file.write_text("[train]\n")
+    train(cfg, tmp_path / "run", progress=False)
+    last = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["model"]
+    kept = load_file(str(tmp_path / "run" / BEST_WEIGHTS))
+    assert all(torch.equal(kept[k], v) for k, v in last.items()), "no early stopping: the last epoch"
+    out = package_run(cfg, tmp_path / "run", tmp_path / "pkg", config_file)
+    assert json.loads((out / "manifest.json").read_text())["input_normalisation"] == "equalise"
+    classifier = Classifier(out, device=torch.device("cpu"))
+    images = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    trained = predict_logits(best_model(cfg, tmp_path / "run", 2), images, cfg, torch.device("cpu"))
+    assert classifier.logits(images).numpy() == pytest.approx(trained.numpy(), abs=1e-5)
+    darker = classifier.probabilities(images ** 2.0)  # a power response: the same ranks
+    assert darker == pytest.approx(classifier.probabilities(images), abs=1e-6)
 
 
 def test_missing_initial_weights_name_the_file(tmp_path):

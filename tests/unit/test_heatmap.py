@@ -37,7 +37,7 @@ def test_map_from_the_forward_pass_is_gradcam_at_the_last_feature_map(tmp_path: 
     head = cam_head(network)
     assert head is not None
     flag = classifier.manifest.labels.index("PNEUMONIA")
-    x = classifier._normalised(images)
+    x = classifier.network_inputs(images)
     if architecture == "densenet121":  # densenet's last map is `features` after a functional ReLU
         layer = torch.nn.Sequential(network.features, torch.nn.ReLU(), _Copy())
         network.features = layer  # (the copy keeps the hooked map apart from the in-place ReLU)
@@ -76,5 +76,37 @@ def test_other_heads_fall_back_to_gradcam(tmp_path: Path) -> None:
     assert cam_head(classifier.model) is None
     images = _images(64)
     _, maps = classifier.predict_with_heatmaps(["a", "b", "c"], images)
-    x = classifier._normalised(images)
+    x = classifier.network_inputs(images)
     assert np.abs(maps[1] - gradcam(classifier.model, x[1:2], 1)).max() < 1e-5
+
+
+def test_test_time_crops_average_the_logits_and_leave_the_map_to_the_whole_picture(tmp_path: Path) -> None:
+    import json
+
+    from cxrtriage.models.test_time import central_crop
+
+    folder = random_package(tmp_path / "tta", input_size=64, seed=1)
+    images = _images(64)
+    plain = Classifier(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "test_time_crops": [0.9, 0.8]}))
+    viewed = Classifier(folder)
+    pictures = torch.from_numpy(images)[:, None]
+    expected = torch.stack([plain.logits(images)] + [
+        plain.logits(central_crop(pictures, f)[:, 0].numpy()) for f in (0.9, 0.8)]).mean(dim=0)
+    assert torch.allclose(viewed.logits(images), expected, atol=1e-5)
+    assert not torch.allclose(viewed.logits(images), plain.logits(images), atol=1e-3)
+    _, plain_maps = plain.predict_with_heatmaps(["a", "b", "c"], images)
+    predictions, maps = viewed.predict_with_heatmaps(["a", "b", "c"], images)
+    assert np.abs(maps - plain_maps).max() < 1e-6
+    probs = torch.softmax(expected, 1)[:, 1].numpy()
+    assert [p.probabilities["PNEUMONIA"] for p in predictions] == pytest.approx(probs, abs=1e-5)
+
+
+def test_a_central_crop_keeps_the_middle_of_the_picture() -> None:
+    from cxrtriage.models.test_time import central_crop
+
+    picture = torch.zeros(1, 1, 40, 40)
+    picture[..., 10:30, 10:30] = 1.0
+    crop = central_crop(picture, 0.5)
+    assert crop.shape == picture.shape and torch.all(crop == 1.0)

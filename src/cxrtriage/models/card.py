@@ -65,6 +65,22 @@ independent and are somewhat too narrow."""
     return text + "\n\n" + _table(columns)
 
 
+def _normalisation(m: Manifest) -> str:
+    if m.input_normalisation == "equalise":
+        return ("rank-equalised within the picture (so any increasing change of intensity, such as "
+                "a detector response curve, a window that clips nothing or the bit depth, gives the "
+                "network the same input)")
+    return "intensities as stored after the DICOM pipeline"
+
+
+def _test_time(m: Manifest) -> str:
+    if not m.test_time_crops:
+        return ""
+    crops = ", ".join(f"{c:.0%}" for c in m.test_time_crops)
+    return (f"\n- Test-time views: the logits are the mean over the picture and its central crops of "
+            f"{crops} of the side, each resized back; heat maps are of the whole picture.")
+
+
 def _threshold_section(m: Manifest) -> str:
     note = m.metrics.get("threshold_note", "")
     return (f"{m.threshold:.4f}, chosen by the rule `{m.threshold_rule}`, after temperature "
@@ -82,7 +98,8 @@ radiologist; it does not replace the radiologist's read.
 ## What it does
 - Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
   (preprocessing version {m.preprocessing_version}; since version 2 a non-square image is squashed
-  to the square, as the training pictures were), normalised with mean {m.mean} and std {m.std}.
+  to the square, as the training pictures were), {_normalisation(m)}, then normalised with mean
+  {m.mean} and std {m.std}.{_test_time(m)}
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.

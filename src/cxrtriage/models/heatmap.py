@@ -70,6 +70,7 @@ class ActivationMaps:
     def __exit__(self, *_: object) -> None:
         for hook in self._hooks:
             hook.remove()
+        self._hooks = []
 
     def collect(self, size: int) -> list[torch.Tensor]:
         """The maps captured per batch, members averaged, upsampled to `size`, as [N, size, size]."""

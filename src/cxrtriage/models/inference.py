@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cxrtriage.domain import Prediction
+from cxrtriage.models.normalisation import network_input
 from cxrtriage.models.package import load_package
+from cxrtriage.models.test_time import views
+
+if TYPE_CHECKING:
+    from cxrtriage.models.heatmap import ActivationMaps
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +41,40 @@ class Classifier:
     def input_size(self) -> int:
         return self.manifest.input_size
 
-    def logits(self, images: np.ndarray) -> torch.Tensor:
-        """Raw logits for a stack of images; gradients off, eval mode, in batches."""
+    def logits(self, images: np.ndarray, maps: ActivationMaps | None = None) -> torch.Tensor:
+        """Raw logits for a stack of images, averaged over the package's test-time views;
+        gradients off, eval mode, in batches. `maps` captures heat maps of the plain view only."""
         m = self.manifest
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = self._normalised(images[start : start + self.batch_size]).to(self.device)
-                out.append(self.model(batch).float().cpu())
+                plain, *crops = views(self._pictures(images[start : start + self.batch_size]),
+                                      m.test_time_crops)
+                with maps if maps is not None else nullcontext():
+                    total = self._forward(plain)
+                for view in crops:
+                    total = total + self._forward(view)
+                out.append(total / (1 + len(crops)))
         return torch.cat(out) if out else torch.zeros((0, len(m.labels)))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Temperature-scaled softmax probabilities, columns in manifest label order."""
         return torch.softmax(self.logits(images) / self.manifest.temperature, dim=1).numpy()
 
-    def _normalised(self, images: np.ndarray) -> torch.Tensor:
+    @staticmethod
+    def _pictures(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+
+    def _network_input(self, pictures: torch.Tensor) -> torch.Tensor:
         m = self.manifest
-        return ((torch.from_numpy(np.ascontiguousarray(images)).float() - m.mean) / m.std).unsqueeze(1)
+        return network_input(pictures, m.input_normalisation, m.mean, m.std).to(self.device)
+
+    def network_inputs(self, images: np.ndarray) -> torch.Tensor:
+        """What the network is given for the plain view of a stack of images."""
+        return self._network_input(self._pictures(images))
+
+    def _forward(self, pictures: torch.Tensor) -> torch.Tensor:
+        return self.model(self._network_input(pictures)).float().cpu()
 
     def predict(self, sop_uids: list[str], images: np.ndarray) -> list[Prediction]:
         return self._predictions(sop_uids, self.probabilities(images))
@@ -65,11 +89,10 @@ class Classifier:
         flag_index = m.labels.index(m.flag_label)
         maps = ActivationMaps(self.model, flag_index)
         if not maps.available:
-            x = self._normalised(images).to(self.device)
+            x = self.network_inputs(images)
             cams = np.stack([gradcam(self.model, x[i : i + 1], flag_index) for i in range(len(images))])
             return self.predict(sop_uids, images), cams
-        with maps:
-            logits = self.logits(images)
+        logits = self.logits(images, maps)
         cams = normalise(torch.cat(maps.collect(images.shape[-1])))
         probs = torch.softmax(logits / m.temperature, dim=1).numpy()
         return self._predictions(sop_uids, probs), cams

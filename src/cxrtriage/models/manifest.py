@@ -40,6 +40,8 @@ class Manifest:
     threshold_rule: str = ""
     creator: str = "cxr-triage"
     preprocessing_version: str = "1"
+    input_normalisation: str = "none"  # see models/normalisation.py
+    test_time_crops: list[float] = field(default_factory=list)  # see models/test_time.py
     intended_population: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

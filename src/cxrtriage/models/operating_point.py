@@ -91,11 +91,24 @@ def repackage(source: Path, output: Path, version: str, threshold: float, temper
     return manifest
 
 
+def _with_test_time_crops(source: Path, output: Path, crops: list[float]) -> Path:
+    """A copy of the package at `output` whose manifest lists `crops` (weights unchanged)."""
+    if output.resolve() != source.resolve():
+        if output.exists():
+            shutil.rmtree(output)
+        shutil.copytree(source, output)
+    manifest = replace(read_manifest(output), test_time_crops=crops)
+    (output / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return output
+
+
 def rechoose(package: Path, holdout: Path, output: Path, version: str,
              rule: str = "sensitivity:0.95", refit_temperature: bool = False, variants: int = 2,
              seed: int = 20261123, cache_dir: Path = Path(".cache"), name: str | None = None,
-             note: str = "") -> Manifest:
+             note: str = "", test_time_crops: list[float] | None = None) -> Manifest:
     old = read_manifest(package)
+    if test_time_crops is not None:  # measured with the views it will serve with
+        package = _with_test_time_crops(package, output, test_time_crops)
     measured = measure(package, holdout, variants, seed, cache_dir)
     temperature, threshold = choose(measured, rule, refit_temperature, old.temperature)
     flag = measured["flag_index"]
@@ -110,7 +123,8 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
                     f"{PREPROCESSING_VERSION}: non-square images are now squashed to the square, as "
                     "the training pictures were, instead of padded. ")
     threshold_note = (
-        f"{geometry}Version {old.version} used {old.threshold:.4f} ({old.threshold_rule}); with "
+        f"{geometry}As packaged, {old.name} {old.version} used {old.threshold:.4f} "
+        f"({old.threshold_rule}); with "
         f"today's preprocessing, on the shifted validation, that gives sensitivity "
         f"{before.sensitivity:.3f} and specificity {before.specificity:.3f}. The rule now targets "
         "sensitivity on the shifted validation, which is independent of how common pneumonia is "
@@ -135,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--name", help="a new package name (default: keep it)")
     parser.add_argument("--note", default="", help="how the members were trained, for the card")
+    parser.add_argument("--test-time-crops", type=lambda text: [float(f) for f in text.split(",") if f],
+                        help="central crops to average with the picture, e.g. 0.92,0.85 ('' for none)")
     args = parser.parse_args(argv)
     manifest = rechoose(args.package, args.holdout, args.output, args.version, args.rule,
                         args.refit_temperature, args.variants, args.seed, args.cache_dir,
-                        args.name, args.note)
+                        args.name, args.note, args.test_time_crops)
     print(f"{manifest.name} {manifest.version}: threshold {manifest.threshold:.4f}, "
           f"temperature {manifest.temperature:.3f}, written to {args.output}")
     return 0

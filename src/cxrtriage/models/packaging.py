@@ -56,12 +56,14 @@ class Member:
 
 
 def _best_epoch(cfg: TrainConfig, history: list[dict[str, Any]]) -> int:
+    if cfg.early_stopping_metric == "none":
+        return int(history[-1]["epoch"])
     sign = -1 if cfg.early_stopping_metric == "loss" else 1
     return int(max(history, key=lambda r: sign * r[f"val_{cfg.early_stopping_metric}"])["epoch"])
 
 
 def _member_network(member: Member, cfg: TrainConfig, data: Prepared, cache: Path) -> nn.Module:
-    same = ("input_size", "mean", "std", "flag_label")
+    same = ("input_size", "mean", "std", "input_normalisation", "flag_label")
     if any(getattr(member.cfg, k) != getattr(cfg, k) for k in same):
         raise ModelError(f"ensemble members must share {', '.join(same)} with {cfg.name}")
     member_data = prepare_data(member.cfg, cache)
@@ -110,7 +112,8 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
         input_size=cfg.input_size, in_channels=1, mean=cfg.mean, std=cfg.std, labels=data.labels,
         flag_label=cfg.flag_label, threshold=threshold, temperature=temperature,
         threshold_rule=f"{cfg.threshold_rule} on validation patients",
-        preprocessing_version=PREPROCESSING_VERSION, intended_population=cfg.intended_population,
+        preprocessing_version=PREPROCESSING_VERSION, input_normalisation=cfg.input_normalisation,
+        intended_population=cfg.intended_population,
         training_data={"description": cfg.data_description,
                         "train_images": len(data.train), "val_images": len(data.val),
                         "train_patients": len({s.patient for s in data.train}),

@@ -10,6 +10,7 @@ from typing import Any
 from cxrtriage.errors import ConfigError
 from cxrtriage.models.architectures import ARCHITECTURES, MIN_INPUT_SIZE
 from cxrtriage.models.augment import AugmentConfig
+from cxrtriage.models.normalisation import INPUT_NORMALISATIONS
 
 _CHOICES = {
     "optimizer": {"adamw", "sgd"},
@@ -17,7 +18,8 @@ _CHOICES = {
     "freeze": {"none", "head", "last_n"},
     "balance": {"sampler", "weights", "none"},
     "loss": {"ce", "focal"},
-    "early_stopping_metric": {"auroc", "accuracy", "loss"},
+    "early_stopping_metric": {"auroc", "accuracy", "loss", "none"},  # none: keep the last epoch
+    "input_normalisation": set(INPUT_NORMALISATIONS),
 }
 
 
@@ -57,6 +59,7 @@ class TrainConfig:
     flag_label: str = "PNEUMONIA"
     mean: float = 0.5
     std: float = 0.25
+    input_normalisation: str = "none"  # or "equalise" (models/normalisation.py)
     num_threads: int = 0
     max_samples: int = 0  # >0 limits the data, for smoke tests
     intended_population: dict[str, Any] = field(default_factory=dict)

@@ -23,6 +23,7 @@ from cxrtriage.models.architectures import adapt_imagenet_state, build_model, he
 from cxrtriage.models.augment import augment_batch
 from cxrtriage.models.data import Sample, discover, load_cached, split_by_patient
 from cxrtriage.models.losses import FocalLoss, class_weights, soft_cross_entropy
+from cxrtriage.models.normalisation import network_input
 from cxrtriage.models.package import load_package
 from cxrtriage.models.train_config import TrainConfig
 
@@ -141,7 +142,7 @@ def epoch_order(y: np.ndarray, cfg: TrainConfig, generator: torch.Generator) -> 
 
 
 def _normalise(images: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    return (images - cfg.mean) / cfg.std
+    return network_input(images, cfg.input_normalisation, cfg.mean, cfg.std)
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, cfg: TrainConfig,
@@ -175,6 +176,8 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _improved(metric: str, value: float, best: float | None) -> bool:
+    if metric == "none":  # no early stopping: the last epoch is kept
+        return True
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value < best if metric == "loss" else value > best
@@ -216,7 +219,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
-    metric_key = f"val_{cfg.early_stopping_metric}"
+    metric_key = f"val_{cfg.early_stopping_metric}"  # "val_none" is no column: the epoch stands in
     done_this_call = 0
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
@@ -258,8 +261,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
                 writer.add_scalar(key, value, epoch + 1)
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        if _improved(cfg.early_stopping_metric, row[metric_key], state["best"]):
-            state.update(best=row[metric_key], best_epoch=epoch + 1, stale=0)
+        value = float(row.get(metric_key, epoch + 1))
+        if _improved(cfg.early_stopping_metric, value, state["best"]):
+            state.update(best=value, best_epoch=epoch + 1, stale=0)
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                       str(run_dir / BEST_WEIGHTS))
         else:

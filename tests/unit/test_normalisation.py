@@ -1,0 +1,50 @@
+"""Rank equalisation: increasing intensity changes reach the network as the same picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrtriage.models.normalisation import equalise, network_input
+from tests.factory import sample_pixels
+
+
+def _picture() -> torch.Tensor:
+    return torch.from_numpy(sample_pixels("normal-1").astype(np.float32) / 255.0)[None, None]
+
+
+@pytest.mark.parametrize("change", [
+    lambda x: torch.log1p(8 * x) / np.log1p(8),  # a log detector response
+    lambda x: x ** 1.6,  # a power response
+    lambda x: 0.2 + 0.5 * x,  # half the range, raised: a flat picture without a window
+    lambda x: 1 - (1 - x) ** 2,
+])
+def test_increasing_changes_of_intensity_leave_the_input_unchanged(change):
+    picture = _picture()
+    assert torch.equal(equalise(change(picture)), equalise(picture))
+
+
+def test_ranks_span_the_unit_interval_with_mean_one_half():
+    out = equalise(torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert out.min() > 0 and out.max() < 1
+    assert out.mean(dim=(1, 2, 3)) == pytest.approx([0.5] * 3, abs=1e-6)
+
+
+def test_equal_values_share_their_mean_rank():
+    image = torch.tensor([[0.0, 0.0], [0.3, 0.9]]).reshape(1, 1, 2, 2)
+    assert equalise(image).flatten().tolist() == pytest.approx([0.25, 0.25, 0.625, 0.875])
+    assert torch.all(equalise(torch.full((1, 1, 4, 4), 0.7)) == 0.5)
+
+
+def test_each_picture_is_ranked_on_its_own():
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16) * 0.1
+    both = equalise(torch.cat([a, b]))
+    assert torch.equal(both[:1], equalise(a)) and torch.equal(both[1:], equalise(b))
+
+
+def test_none_is_the_plain_mean_and_std_and_unknown_names_are_refused():
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(network_input(x, "none", 0.5, 0.25), (x - 0.5) / 0.25)
+    with pytest.raises(ValueError, match="clahe"):
+        network_input(x, "clahe", 0.5, 0.25)
