@@ -48,3 +48,14 @@ def test_none_is_the_plain_mean_and_std_and_unknown_names_are_refused():
     assert torch.equal(network_input(x, "none", 0.5, 0.25), (x - 0.5) / 0.25)
     with pytest.raises(ValueError, match="clahe"):
         network_input(x, "clahe", 0.5, 0.25)
+
+
+@pytest.mark.parametrize("field", [{"input_normalisation": "clahe"}, {"test_time_crops": [0.9, 1.2]}])
+def test_a_manifest_with_an_unknown_input_contract_is_refused(field):
+    from cxrtriage.errors import ModelError
+    from cxrtriage.models.manifest import Manifest
+
+    with pytest.raises(ModelError, match=next(iter(field))):
+        Manifest(name="m", version="1", architecture="resnet18", input_size=64, in_channels=1,
+                 mean=0.5, std=0.25, labels=["NORMAL", "PNEUMONIA"], flag_label="PNEUMONIA",
+                 threshold=0.5, **field)

@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "MODEL_CARD.md"
 UID_ROOT = "1.2.826.0.1.3680043.10.1367."  # cxr-triage root under Medical Connections' UID space
+INPUT_NORMALISATIONS = ("none", "equalise")  # applied by models/normalisation.py
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class Manifest:
             raise ModelError(f"threshold must be within [0, 1], got {self.threshold}")
         if self.in_channels != 1:
             raise ModelError(f"in_channels must be 1 for radiographs, got {self.in_channels}")
+        if self.input_normalisation not in INPUT_NORMALISATIONS:
+            raise ModelError(f"input_normalisation must be one of {INPUT_NORMALISATIONS}, "
+                             f"got {self.input_normalisation!r}")
+        if not all(0.0 < crop < 1.0 for crop in self.test_time_crops):
+            raise ModelError(f"test_time_crops must be fractions in (0, 1), got {self.test_time_crops}")
 
     @property
     def device_uid(self) -> str:

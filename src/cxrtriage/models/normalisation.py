@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-INPUT_NORMALISATIONS = ("none", "equalise")
+from cxrtriage.models.manifest import INPUT_NORMALISATIONS
 
 
 def equalise(images: torch.Tensor) -> torch.Tensor:

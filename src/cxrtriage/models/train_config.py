@@ -10,7 +10,7 @@ from typing import Any
 from cxrtriage.errors import ConfigError
 from cxrtriage.models.architectures import ARCHITECTURES, MIN_INPUT_SIZE
 from cxrtriage.models.augment import AugmentConfig
-from cxrtriage.models.normalisation import INPUT_NORMALISATIONS
+from cxrtriage.models.manifest import INPUT_NORMALISATIONS
 
 _CHOICES = {
     "optimizer": {"adamw", "sgd"},
