@@ -53,7 +53,7 @@ def test_operating_point_is_the_one_chosen_on_the_shifted_validation(classifier)
     assert 0.95 <= shifted["sensitivity"] < 0.96, "the highest threshold that keeps 95% sensitivity"
     assert shifted["n_images"] == 2 * plain["n_images"]
     assert abs(shifted["auroc"] - plain["auroc"]) < 0.002, "the DICOM path ranks as the plain one"
-    assert m.preprocessing_version == "2", "non-square images are squashed, as in training"
+    assert m.preprocessing_version == "3", "padding trimmed, non-square images squashed as in training"
     assert 0.3 <= m.threshold <= 0.4 and 0.75 <= m.temperature <= 0.85
     flags = {rel.split("/")[-1]: p["PNEUMONIA"] >= m.threshold
              for rel, p in m.regression["predictions"].items()}

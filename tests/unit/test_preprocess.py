@@ -5,7 +5,7 @@ from pydicom.dataset import Dataset
 from cxrtriage.dicom.preprocess import _window, dataset_to_gray
 from cxrtriage.dicom.wrap import wrap_image
 from cxrtriage.errors import InvalidInputError
-from cxrtriage.models.model_input import fit_to_square
+from cxrtriage.models.model_input import fit_to_square, trim_padding
 
 RAMP = np.arange(256, dtype=np.uint8).reshape(16, 16)
 
@@ -59,12 +59,48 @@ def test_pixel_padding_is_black():
 
 @pytest.mark.parametrize("shape", [(20, 10), (10, 20), (40, 33), (20, 20)])
 def test_fit_to_square_squashes_like_the_training_pictures(shape):
-    """Preprocessing version 2: no padding; a left-to-right ramp stays a full ramp."""
+    """Since preprocessing version 2, no padding; a left-to-right ramp stays a full ramp."""
     ramp = np.tile(np.linspace(0.0, 1.0, shape[1], dtype=np.float32), (shape[0], 1))
     out = fit_to_square(ramp, 20)
     assert out.shape == (20, 20)
     assert out[:, 0].max() < 0.1 and out[:, -1].min() > 0.9, "no black bars"
     assert np.allclose(out, out[0:1, :], atol=1e-5), "every row the same ramp"
+
+
+def _picture(rows: int = 60, cols: int = 50) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0.1, 0.9, (rows, cols)).astype(np.float32)
+
+
+def _padded(picture: np.ndarray, top: int, bottom: int, left: int, right: int, value: float) -> np.ndarray:
+    return np.pad(picture, ((top, bottom), (left, right)), constant_values=value)
+
+
+@pytest.mark.parametrize(("top", "bottom", "left", "right", "value"), [
+    (0, 0, 6, 5, 0.0),  # padded to a wider detector, black
+    (7, 7, 0, 0, 1.0),  # padded to a taller detector, white (MONOCHROME1 stored zeros)
+    (3, 0, 2, 9, 0.5),  # an uneven grey frame
+    (0, 0, 0, 0, 0.0),  # nothing to trim
+])
+def test_padding_is_trimmed_back_to_the_picture(top, bottom, left, right, value):
+    picture = _picture()
+    assert np.array_equal(trim_padding(_padded(picture, top, bottom, left, right, value)), picture)
+
+
+def test_trimmed_padding_reaches_the_model_as_the_picture_itself():
+    picture = _picture(50, 50)
+    padded = _padded(picture, 0, 0, 6, 5, 0.0) + np.float32(0.003)  # within the tolerance
+    assert np.allclose(fit_to_square(padded, 32), fit_to_square(picture + np.float32(0.003), 32))
+
+
+@pytest.mark.parametrize(("image", "why"), [
+    (np.zeros((40, 40), np.float32), "a blank image is left to the gate"),
+    (_padded(_picture(20, 50), 21, 21, 0, 0, 0.0), "bands over a third of a side are content"),
+    (_padded(_picture(), 1, 1, 1, 1, 0.0), "a single uniform edge line is kept"),
+    (_padded(_picture(), 0, 0, 6, 0, 0.0) + np.linspace(0, 0.1, 60, dtype=np.float32)[:, None],
+     "a band with a gradient along it is not padding"),
+])
+def test_what_is_not_padding_is_kept(image, why):
+    assert trim_padding(image).shape == image.shape, why
 
 
 @pytest.mark.parametrize("mutate", [

@@ -98,8 +98,9 @@ radiologist; it does not replace the radiologist's read.
 ## What it does
 - Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
   (preprocessing version {m.preprocessing_version}; since version 2 a non-square image is squashed
-  to the square, as the training pictures were), {_normalisation(m)}, then normalised with mean
-  {m.mean} and std {m.std}.{_test_time(m)}
+  to the square, as the training pictures were; since version 3 uniform bands at the edges, such
+  as padding to another aspect ratio, are trimmed first), {_normalisation(m)}, then normalised
+  with mean {m.mean} and std {m.std}.{_test_time(m)}
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.

@@ -18,8 +18,16 @@ from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.errors import InvalidInputError
 
-PREPROCESSING_VERSION = "2"  # 2: squash to the square (1 padded)
+PREPROCESSING_VERSION = "3"
+PREPROCESSING_CHANGES = {  # what each version changed, for model cards
+    "2": "non-square images are squashed to the square, as the training pictures were, instead of padded",
+    "3": "uniform bands at the edges (padding, shutter fill) are trimmed before the picture is squashed",
+}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+PADDING_TOLERANCE = 1 / 32  # a line is padding when every pixel is this close to the edge's value
+# (1/32: the ringing of JPEG baseline and JPEG 2000 lossy at the edge of a padded picture)
+MIN_PADDING_FRACTION = 0.01  # per side, and at least 2 lines: a stray uniform edge line is kept
+MAX_PADDING_FRACTION = 1 / 3  # per side: a longer uniform run is content (or a blank image), kept
 
 
 def image_file_to_gray(path: str | Path) -> np.ndarray:
@@ -34,17 +42,45 @@ def image_file_to_gray(path: str | Path) -> np.ndarray:
         raise InvalidInputError(f"not a readable PNG/JPEG image: {type(exc).__name__}") from exc
 
 
-def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize to `size` x `size`, squashing a non-square picture to the square.
+def _padding_lines(lines: np.ndarray) -> int:
+    """How many lines, from the first, are uniform at the first line's value."""
+    edge = float(np.median(lines[0]))
+    longest = int(MAX_PADDING_FRACTION * len(lines))
+    if longest < 2 or not (np.abs(lines[:2] - edge) <= PADDING_TOLERANCE).all():
+        return 0  # the usual case, decided on two lines of a large image
+    uniform = (np.abs(lines[: longest + 1] - edge) <= PADDING_TOLERANCE).all(axis=1)
+    count = int(uniform.shape[0]) if uniform.all() else int(np.argmin(uniform))
+    if count < max(2, MIN_PADDING_FRACTION * len(lines)) or count > longest:
+        return 0
+    return count
 
-    Preprocessing version 2. The training pictures were squashed to a square by the data's
-    publisher (their original aspect ratio is lost), so serving squashes too: on the shifted
-    validation, padding a 0.82-aspect detector image (version 1) pushed normal pictures towards
+
+def trim_padding(gray: np.ndarray) -> np.ndarray:
+    """The picture without uniform bands at its edges: padding to another aspect ratio, an
+    electronic shutter's fill, a letterbox. Such bands carry no anatomy; left in, they change
+    the picture's framing and the rank equalisation, and in the training data they were more
+    common on normal pictures than on pneumonias (11% against 3%)."""
+    top, bottom = _padding_lines(gray), _padding_lines(gray[::-1])
+    left, right = _padding_lines(gray.T), _padding_lines(gray.T[::-1])
+    if top + bottom >= gray.shape[0] or left + right >= gray.shape[1]:
+        return gray
+    return gray[top : gray.shape[0] - bottom, left : gray.shape[1] - right]
+
+
+def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Trim padding (`trim_padding`), then resize to `size` x `size`, squashing a non-square
+    picture to the square.
+
+    Version 3 trims: a square picture padded to a non-square detector then reaches the network
+    as the picture itself. Version 2 squashed: the training pictures were squashed to a square by
+    the data's publisher (their original aspect ratio is lost), and on the shifted validation
+    padding a 0.82-aspect detector image to the square (version 1) pushed normal pictures towards
     pneumonia (specificity 0.874 against 0.966 squashed; docs/model-comparison.md)."""
     if gray.ndim != 2:
         raise InvalidInputError(f"expected a 2-D image, got shape {gray.shape}")
     if min(gray.shape) < 1:
         raise InvalidInputError(f"expected a non-empty image, got shape {gray.shape}")
+    gray = trim_padding(gray)
     tensor = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
     if tuple(tensor.shape[-2:]) != (size, size):
         tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,

@@ -28,7 +28,12 @@ from cxrtriage.models.card import render_card
 from cxrtriage.models.evaluation import holdout_samples, summarize
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.manifest import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
-from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
+from cxrtriage.models.model_input import (
+    PREPROCESSING_CHANGES,
+    PREPROCESSING_VERSION,
+    fit_to_square,
+    load_gray,
+)
 from cxrtriage.models.shifted import build
 from cxrtriage.models.train_config import load_train_config
 
@@ -120,13 +125,12 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
     geometry = ""
     if old.preprocessing_version != PREPROCESSING_VERSION:
         geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
-                    f"{PREPROCESSING_VERSION}: non-square images are now squashed to the square, as "
-                    "the training pictures were, instead of padded. ")
+                    f"{PREPROCESSING_VERSION}: {PREPROCESSING_CHANGES[PREPROCESSING_VERSION]}. ")
     threshold_note = (
         f"{geometry}As packaged, {old.name} {old.version} used {old.threshold:.4f} "
         f"({old.threshold_rule}); with "
         f"today's preprocessing, on the shifted validation, that gives sensitivity "
-        f"{before.sensitivity:.3f} and specificity {before.specificity:.3f}. The rule now targets "
+        f"{before.sensitivity:.3f} and specificity {before.specificity:.3f}. The rule targets "
         "sensitivity on the shifted validation, which is independent of how common pneumonia is "
         "and already includes the DICOM path's spread; specificity is what that sensitivity costs.")
     results = {"validation": val, "shifted_validation": shifted,
