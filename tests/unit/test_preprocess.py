@@ -5,7 +5,7 @@ from pydicom.dataset import Dataset
 from cxrtriage.dicom.preprocess import _window, dataset_to_gray
 from cxrtriage.dicom.wrap import wrap_image
 from cxrtriage.errors import InvalidInputError
-from cxrtriage.models.model_input import fit_to_square, trim_padding
+from cxrtriage.models.model_input import fit_to_square, preprocessing_changes, trim_padding
 
 RAMP = np.arange(256, dtype=np.uint8).reshape(16, 16)
 
@@ -113,3 +113,10 @@ def test_input_contract_refuses_before_decoding(mutate):
     mutate(ds)
     with pytest.raises(InvalidInputError):
         dataset_to_gray(ds)
+
+
+@pytest.mark.parametrize(("after", "up_to", "versions"), [
+    ("1", "3", ["2", "3"]), ("2", "3", ["3"]), ("3", "3", []), ("1", "2", ["2"]),
+])
+def test_preprocessing_changes_are_those_after_a_version(after, up_to, versions):
+    assert list(preprocessing_changes(after, up_to)) == versions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cxrtriage.models.manifest import Manifest
+from cxrtriage.models.model_input import preprocessing_changes
 from cxrtriage.models.train_config import TrainConfig
 
 
@@ -65,6 +66,11 @@ independent and are somewhat too narrow."""
     return text + "\n\n" + _table(columns)
 
 
+def _preprocessing(m: Manifest) -> str:
+    return "".join(f"; since version {version}, {text}"
+                   for version, text in preprocessing_changes("1", m.preprocessing_version).items())
+
+
 def _normalisation(m: Manifest) -> str:
     if m.input_normalisation == "equalise":
         return ("rank-equalised within the picture (so any increasing change of intensity, such as "
@@ -97,10 +103,8 @@ radiologist; it does not replace the radiologist's read.
 
 ## What it does
 - Input: one frontal chest radiograph, single channel, resized to {m.input_size} x {m.input_size}
-  (preprocessing version {m.preprocessing_version}; since version 2 a non-square image is squashed
-  to the square, as the training pictures were; since version 3 uniform bands at the edges, such
-  as padding to another aspect ratio, are trimmed first), {_normalisation(m)}, then normalised
-  with mean {m.mean} and std {m.std}.{_test_time(m)}
+  (preprocessing version {m.preprocessing_version}{_preprocessing(m)}), {_normalisation(m)}, then
+  normalised with mean {m.mean} and std {m.std}.{_test_time(m)}
 - Output: probabilities for {", ".join(m.labels)} (in that order), temperature-scaled
   (T = {m.temperature:.3f}).
 - Flag: {m.flag_label} when its probability is at least **{m.threshold:.4f}**.

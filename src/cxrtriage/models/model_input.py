@@ -19,7 +19,7 @@ from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.errors import InvalidInputError
 
 PREPROCESSING_VERSION = "3"
-PREPROCESSING_CHANGES = {  # what each version changed, for model cards
+PREPROCESSING_CHANGES = {  # what each version changed, for model cards, oldest first
     "2": "non-square images are squashed to the square, as the training pictures were, instead of padded",
     "3": "uniform bands at the edges (padding, shutter fill) are trimmed before the picture is squashed",
 }
@@ -28,6 +28,12 @@ PADDING_TOLERANCE = 1 / 32  # a line is padding when every pixel is this close t
 # (1/32: the ringing of JPEG baseline and JPEG 2000 lossy at the edge of a padded picture)
 MIN_PADDING_FRACTION = 0.01  # per side, and at least 2 lines: a stray uniform edge line is kept
 MAX_PADDING_FRACTION = 1 / 3  # per side: a longer uniform run is content (or a blank image), kept
+
+
+def preprocessing_changes(after: str, up_to: str = PREPROCESSING_VERSION) -> dict[str, str]:
+    """What each version after `after`, up to `up_to`, changed; oldest first."""
+    return {version: text for version, text in PREPROCESSING_CHANGES.items()
+            if int(after) < int(version) <= int(up_to)}
 
 
 def image_file_to_gray(path: str | Path) -> np.ndarray:

@@ -29,10 +29,10 @@ from cxrtriage.models.evaluation import holdout_samples, summarize
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.manifest import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
 from cxrtriage.models.model_input import (
-    PREPROCESSING_CHANGES,
     PREPROCESSING_VERSION,
     fit_to_square,
     load_gray,
+    preprocessing_changes,
 )
 from cxrtriage.models.shifted import build
 from cxrtriage.models.train_config import load_train_config
@@ -123,9 +123,9 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
     old_probs = probabilities(measured["shifted_logits"], old.temperature, flag)
     before = metrics.at_threshold(measured["shifted_y"], old_probs, old.threshold)
     geometry = ""
-    if old.preprocessing_version != PREPROCESSING_VERSION:
+    if changes := preprocessing_changes(old.preprocessing_version):
         geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
-                    f"{PREPROCESSING_VERSION}: {PREPROCESSING_CHANGES[PREPROCESSING_VERSION]}. ")
+                    f"{PREPROCESSING_VERSION}: {'; '.join(changes.values())}. ")
     threshold_note = (
         f"{geometry}As packaged, {old.name} {old.version} used {old.threshold:.4f} "
         f"({old.threshold_rule}); with "
