@@ -92,12 +92,19 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     logger.info("receiver starting", extra={"receiver_id": identity, "stale_associations_closed": closed})
     limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
                             max_associations=settings.max_associations,
-                            max_pdu_size=settings.max_pdu_size, acse_timeout=settings.acse_timeout,
+                            max_pending_connections=settings.max_pending_connections,
+                            max_pending_per_peer=settings.max_pending_per_peer,
+                            max_pdu_size=settings.max_pdu_size,
+                            max_associate_rq_bytes=settings.max_associate_rq_bytes,
+                            pdu_timeout=settings.pdu_timeout,
+                            negotiation_timeout=settings.negotiation_timeout,
+                            acse_timeout=settings.acse_timeout,
                             dimse_timeout=settings.dimse_timeout,
                             network_timeout=settings.network_timeout,
                             tls_handshake_timeout=settings.acse_timeout,
                             heartbeat_seconds=settings.association_liveness_seconds / 4)
-    access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers))
+    access = AccessPolicy(tuple(settings.allowed_calling_aes), tuple(settings.allowed_peers),
+                          tuple(settings.ae_title_aliases), settings.tls_identities)
     watermark = Watermark(settings.min_free_bytes, settings.max_disk_used_percent)
     from cxrtriage.cli_ops import metrics_port
     from cxrtriage.worker import monitoring
@@ -332,7 +339,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_package(Path(args.package), Path(args.data), Path(args.output),
                               fmt=args.format, training_log=args.training_log, holdout=args.holdout,
                               shifted_variants=args.variants if args.shifted else 0,
-                              shift_seed=args.shift_seed, cache_dir=args.cache_dir)
+                              shift_seed=args.shift_seed, cache_dir=args.cache_dir, field=args.field,
+                              field_shifts=args.population_shifts if args.field else "none",
+                              unseen_by_configs=args.unseen_by)
     print(f"report written to {report}")
     return 0
 
@@ -405,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, default=2, help="shifted DICOM variants per picture")
     p.add_argument("--shift-seed", type=int, default=20261123)
     p.add_argument("--cache-dir", default=".cache", help="where the shifted validation is cached")
+    p.add_argument("--field", action="store_true",
+                   help="add the field validation: worst groups, the prior-shift check and the "
+                        "population-shift set (models/field_validation.py)")
+    p.add_argument("--population-shifts", default="all",
+                   help="comma-separated population shifts for --field: all (the default), none, "
+                        "or names from models/population_shift.py")
+    p.add_argument("--unseen-by", action="append", default=[], metavar="CONFIG.toml",
+                   help="leave out the images this training config trained on; repeatable")
     p = add("exports", cmd_exports, "SR exports by state; `exports retry` sends them again")
     p.add_argument("--state", choices=["pending", "sent", "failed", "not_configured"])
     p.add_argument("--study", help="one study's exports (StudyInstanceUID)")

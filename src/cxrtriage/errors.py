@@ -18,6 +18,11 @@ class InvalidInputError(CxrTriageError):
         self.reason = reason
 
 
+class LimitExceededError(InvalidInputError):
+    """The input is larger than a configured limit allows (bytes sent, inflated or decoded). The
+    message names the limit and its setting, never the input's own values beyond its size."""
+
+
 class TransientError(CxrTriageError):
     """A resource was unavailable; the same work may succeed later."""
 

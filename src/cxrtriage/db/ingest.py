@@ -68,26 +68,32 @@ def _get_or_create_study(session: Session, study_uid: str) -> Study:
     return study
 
 
-def conflicts(session: Session, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
-    """Whether this SOP Instance UID is already stored under another study or another patient."""
+def _conflicts(session: Session, stored: StoredInstance) -> bool:
+    """Whether this SOP Instance UID is already stored under another study or another patient.
+    The row is locked (PostgreSQL), so the answer holds until this transaction ends."""
     row = session.execute(select(Study.study_uid, Instance.patient_id)
                           .join(Study, Study.id == Instance.study_id)
-                          .where(Instance.sop_instance_uid == sop_instance_uid)).first()
+                          .where(Instance.sop_instance_uid == stored.sop_instance_uid)
+                          .with_for_update(of=Instance)).first()
     if row is None:
         return False
     stored_study, stored_patient = row
-    return bool(stored_study != study_uid or (stored_patient is not None and stored_patient != patient_id))
+    return bool(stored_study != stored.study_uid
+                or (stored_patient is not None and stored_patient != stored.patient_id))
 
 
-def index_instance(session: Session, stored: StoredInstance) -> None:
-    """Record a durably stored instance.
+def index_instance(session: Session, stored: StoredInstance) -> str | None:
+    """Record an instance the receiver is about to move into place; the caller flushes, moves
+    the file, and commits. Returns the path of the file this entry replaces, if any.
 
     A new instance, or new content under a known SOP Instance UID of the same study and patient
     (corrected demographics, say), sends the study back to `received`, so it is read again once
     quiet. The same file sent again is a no-op. A SOP Instance UID already stored under another
-    study or patient raises InstanceConflictError and changes nothing.
+    study or patient raises InstanceConflictError and changes nothing. Two transactions racing
+    for a new UID meet at its unique constraint: the loser's flush fails and, retried, it sees
+    the winner's row and conflicts here.
     """
-    if conflicts(session, stored.study_uid, stored.sop_instance_uid, stored.patient_id):
+    if _conflicts(session, stored):
         raise InstanceConflictError()
     study = _get_or_create_study(session, stored.study_uid)
     series = session.scalar(select(Series).where(Series.series_uid == stored.series_uid))
@@ -96,7 +102,7 @@ def index_instance(session: Session, stored: StoredInstance) -> None:
         session.add(series)
         session.flush()
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == stored.sop_instance_uid))
-    changed = instance is None
+    changed, replaced = instance is None, None
     if instance is None:
         session.add(Instance(series_id=series.id, study_id=study.id,
                              sop_instance_uid=stored.sop_instance_uid, sop_class_uid=stored.sop_class_uid,
@@ -105,6 +111,7 @@ def index_instance(session: Session, stored: StoredInstance) -> None:
                              patient_id=stored.patient_id, state=InstanceState.STORED))
     else:
         changed = instance.sha256 != stored.sha256 or not stored.sha256
+        replaced = instance.path if instance.path != stored.path else None
         instance.path, instance.size_bytes = stored.path, stored.size_bytes
         instance.transfer_syntax, instance.sha256 = stored.transfer_syntax, stored.sha256
         instance.patient_id = stored.patient_id
@@ -116,6 +123,7 @@ def index_instance(session: Session, stored: StoredInstance) -> None:
         study.revision += 1
         study.state = StudyState.RECEIVED
         study.reason, study.reason_code = "", ""
+    return replaced
 
 
 def record_rejection(session: Session, refused: RefusedInstance) -> None:

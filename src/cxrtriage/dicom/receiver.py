@@ -2,10 +2,17 @@
 heavier. Its collaborators (index, association bookkeeping) are passed in, not imported.
 
 Data sets are received in chunks into a spool on the storage volume (pynetdicom's
-STORE_RECV_CHUNKED_DATASET), never whole in memory, and stored by rename. New instances are
-refused with 0xA700 while the volume is past its watermark. With TLS, the handshake runs in each
-connection's own thread with a timeout, after the peer allow-list check, so an idle or slow
-client never blocks the accept loop.
+STORE_RECV_CHUNKED_DATASET), never whole in memory, and stored by rename once their index entry
+has won. What a peer may make us spend (PDU sizes and deadlines, connections still negotiating,
+bytes spooled, the volume's watermark) is bounded as the bytes arrive by `netguard`; what a data
+set says of itself (inflated and decoded sizes, the pixel contract) by `inspection`. With TLS,
+the handshake runs in each connection's own thread with a timeout, after the peer allow-list
+check, so an idle or slow client never blocks the accept loop.
+
+Statuses: 0x0000 stored; 0xA700 temporary shortage (volume past its watermark, database away,
+storage write failed), retry later; 0xA900 data set does not match the request; 0xC210 cannot be
+parsed or breaks the pixel contract; 0xC211 SOP Instance UID stored under another study or
+patient; 0xC212 over a size limit (sent, inflated or decoded). Every 0xA9xx/0xC2xx is permanent.
 """
 
 from __future__ import annotations
@@ -19,26 +26,33 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from io import BytesIO
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, dimse_messages, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
-from cxrtriage.dicom.preprocess import check_pixel_contract
+from cxrtriage.dicom.inspection import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    LIMIT_EXCEEDED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    UID_CONFLICT,
+    inspect_file,
+    inspect_payload,
+    validate_dataset,
+)
+from cxrtriage.dicom.netguard import ConnectionGuard, PeerLimits
 from cxrtriage.dicom.storage import InstanceStore, Watermark, make_dirs
 from cxrtriage.dicom.tls import DeferredHandshake
-from cxrtriage.dicom.uids import is_valid_uid, require_uid
+from cxrtriage.dicom.uids import is_valid_uid
 from cxrtriage.domain import RefusedInstance, StoredInstance
-from cxrtriage.errors import InstanceConflictError, InvalidInputError
+from cxrtriage.errors import InstanceConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +60,9 @@ logger = logging.getLogger(__name__)
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-# Our own code in the "cannot understand" range: the SOP Instance UID is already stored under
-# another study or another patient. Storing it would let one patient's result reach another.
-UID_CONFLICT = 0xC211
-
-NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
-                   "1.2.840.10008.1.2.2"}
+__all__ = ["CANNOT_UNDERSTAND", "DATASET_MISMATCH", "LIMIT_EXCEEDED", "OUT_OF_RESOURCES", "SUCCESS",
+           "UID_CONFLICT", "AccessPolicy", "Receiver", "ReceiverIndex", "ReceiverLimits",
+           "inspect_file", "inspect_payload", "validate_dataset"]
 
 
 class ReceiverIndex(Protocol):
@@ -64,8 +71,13 @@ class ReceiverIndex(Protocol):
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None: ...
     def association_closed(self, association_id: str) -> None: ...
     def associations_alive(self, association_ids: list[str]) -> None: ...
-    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool: ...
-    def instance_stored(self, stored: StoredInstance) -> None: ...
+
+    def instance_stored(self, stored: StoredInstance, place: Callable[[], None]) -> None:
+        """Record `stored` and, in the same transaction once its entry has won (no other study or
+        patient holds the SOP Instance UID), call `place` to move the file to `stored.path`.
+        Raises InstanceConflictError, leaving the file where it was, when the entry loses."""
+        ...
+
     def instance_rejected(self, refused: RefusedInstance) -> None: ...
 
 
@@ -73,20 +85,34 @@ class ReceiverIndex(Protocol):
 class ReceiverLimits:
     max_instance_bytes: int = 256 * 1024 * 1024
     max_associations: int = 10
+    max_pending_connections: int = 20  # not yet associated, from all peers ...
+    max_pending_per_peer: int = 4  # ... and from one address
     max_pdu_size: int = 262144
+    max_associate_rq_bytes: int = 65536
+    pdu_timeout: float = 60.0  # a whole PDU, from its first byte
+    negotiation_timeout: float = 10.0  # the A-ASSOCIATE-RQ, from its first byte
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
     tls_handshake_timeout: float = 10.0
     heartbeat_seconds: float = 30.0  # association liveness, retried closes, spool cleaning
 
+    def peer_limits(self) -> PeerLimits:
+        return PeerLimits(self.max_associations, self.max_pending_connections, self.max_pending_per_peer,
+                          self.max_pdu_size, self.max_associate_rq_bytes, self.pdu_timeout,
+                          self.negotiation_timeout, self.max_instance_bytes)
+
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may associate: calling AE titles (empty = any) and peer networks (empty = any)."""
+    """Who may associate: calling AE titles (empty = any), peer networks (empty = any), the called
+    AE titles we answer to besides our own, and (with TLS, optional) for each calling AE title the
+    certificate names (subject CN or SAN) that may claim it."""
 
     calling_aes: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
+    called_ae_aliases: tuple[str, ...] = ()
+    tls_identities: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def peer_allowed(self, address: str) -> bool:
         if not self.networks:
@@ -98,76 +124,6 @@ class AccessPolicy:
         return any(ip in ipaddress.ip_network(n, strict=False) for n in self.networks)
 
 
-def _expected_native_bytes(ds: Dataset) -> int:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        samples = 2  # chroma subsampled horizontally: Y Y Cb Cr for every two pixels (PS3.3 C.7.6.3.1.2)
-    return (int(ds.Rows) * int(ds.Columns) * frames * samples * bits + 7) // 8
-
-
-@dataclass(frozen=True)
-class Inspection:
-    status: int
-    reason: str
-    dataset: Dataset | None
-
-
-def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
-                    max_bytes: int) -> Inspection:
-    """Parse and check the bytes of one C-STORE data set. Never raises: every outcome is a
-    status and a reason a person can read."""
-    syntax = UID(transfer_syntax)
-    return _inspect(len(raw), lambda: decode(BytesIO(raw), syntax.is_implicit_VR,
-                                             syntax.is_little_endian, syntax.is_deflated),
-                    transfer_syntax, request_sop_class, request_sop_uid, max_bytes)
-
-
-def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
-                 max_bytes: int) -> Inspection:
-    """As inspect_payload, for a data set spooled to a file with its file meta."""
-    return _inspect(path.stat().st_size, lambda: dcmread(path), transfer_syntax, request_sop_class,
-                    request_sop_uid, max_bytes)
-
-
-def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, request_sop_class: str,
-             request_sop_uid: str, max_bytes: int) -> Inspection:
-    if size > max_bytes:
-        return Inspection(OUT_OF_RESOURCES, f"instance of {size} bytes exceeds the limit of "
-                                            f"{max_bytes}", None)
-    try:
-        ds = load()
-        status, reason = validate_dataset(ds, request_sop_class, request_sop_uid, transfer_syntax)
-    except InvalidInputError as exc:
-        return Inspection(CANNOT_UNDERSTAND, str(exc), None)
-    except Exception as exc:  # any parse failure of sender-controlled bytes
-        return Inspection(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}", None)
-    return Inspection(status, reason, ds if status == SUCCESS else None)
-
-
-def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
-                     transfer_syntax: str) -> tuple[int, str]:
-    """A status and reason for a parsed dataset; SUCCESS with an empty reason when acceptable."""
-    for element in ds.iterall():  # forces every deferred element to parse now, not in the worker
-        _ = element.value
-    sop_uid = require_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-    require_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-    require_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != request_sop_class:
-        return DATASET_MISMATCH, "SOPClassUID in the dataset differs from the C-STORE request"
-    if sop_uid != request_sop_uid:
-        return DATASET_MISMATCH, "SOPInstanceUID in the dataset differs from the C-STORE request"
-    check_pixel_contract(ds)
-    if transfer_syntax in NATIVE_SYNTAXES:
-        expected, actual = _expected_native_bytes(ds), len(ds.PixelData)
-        if actual < expected:
-            return CANNOT_UNDERSTAND, f"pixel data is {actual} bytes, expected {expected}"
-    return SUCCESS, ""
-
-
-
 def _sha256(path: Path) -> str:
     """Of the spooled file: the same data set sent again in the same syntax hashes the same."""
     digest = hashlib.sha256()
@@ -175,6 +131,11 @@ def _sha256(path: Path) -> str:
         for block in iter(functools.partial(handle.read, 1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _current_association() -> Any:
+    """The association whose DUL thread is running (pynetdicom writes data sets from it)."""
+    return getattr(threading.current_thread(), "assoc", None)
 
 
 class Receiver:
@@ -192,18 +153,22 @@ class Receiver:
         self._ids: dict[int, str] = {}  # open associations: id(assoc) -> our association id
         self._unrecorded: set[str] = set()  # opened, but the database write failed
         self._unclosed: set[str] = set()  # closed, but the database write failed; retried
+        self._spooling: dict[str, int] = {}  # spool files being written -> id(assoc)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._pynetdicom_defaults: tuple[bool, Any] | None = None
         self.ae = AE(ae_title=ae_title)
-        self.ae.maximum_associations = self.limits.max_associations
         self.ae.maximum_pdu_size = self.limits.max_pdu_size
         self.ae.acse_timeout = self.limits.acse_timeout
         self.ae.dimse_timeout = self.limits.dimse_timeout
         self.ae.network_timeout = self.limits.network_timeout
         if self.access.calling_aes:
             self.ae.require_calling_aet = list(self.access.calling_aes)
+        self.guard = ConnectionGuard(self.limits.peer_limits(), (ae_title, *self.access.called_ae_aliases),
+                                     space_refusal=lambda: self.watermark.refusal(self.store.root),
+                                     tls_identities=self.access.tls_identities)
+        self.guard.install(self.ae)
         self.ae.add_supported_context(Verification)
         for sop_class in ACCEPTED_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
@@ -212,7 +177,7 @@ class Receiver:
     def handlers(self) -> Any:
         return [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self.handle_store),
                 (evt.EVT_ACCEPTED, self._opened), (evt.EVT_RELEASED, self._closed),
-                (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed),
+                (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._connection_closed),
                 (evt.EVT_REJECTED, self._rejected_association)]
 
     def start(self, host: str, port: int) -> None:
@@ -223,7 +188,7 @@ class Receiver:
         server.verify_request = self._verify_peer  # socketserver's per-connection hook
         if self.ssl_context is not None:  # handshake per connection, not in the accept loop
             DeferredHandshake(self.ssl_context, self.limits.tls_handshake_timeout,
-                              self.limits.max_associations).install(server)
+                              self.limits.max_pending_connections).install(server)
         self._heartbeat = threading.Thread(target=self._beat, name="receiver-heartbeat", daemon=True)
         self._heartbeat.start()
         logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port,
@@ -232,19 +197,25 @@ class Receiver:
     def _use_spool(self) -> None:
         """Receive C-STORE data sets into files under the storage root, not into memory."""
         make_dirs(self.store.spool, 0o700)
-        self.store.clean_spool(older_than_seconds=4 * self.limits.network_timeout)
+        self.store.clean_spool(older_than_seconds=2 * self.limits.pdu_timeout)
         self._pynetdicom_defaults = (pynetdicom_config.STORE_RECV_CHUNKED_DATASET,
                                      dimse_messages.NamedTemporaryFile)
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
-            tempfile.NamedTemporaryFile, dir=str(self.store.spool), prefix="cstore-")
+        dimse_messages.NamedTemporaryFile = self._spool_file  # type: ignore[assignment]
+
+    def _spool_file(self, **kwargs: Any) -> Any:
+        """pynetdicom's temporary file for one data set, in our spool, known to be live."""
+        handle = tempfile.NamedTemporaryFile(dir=str(self.store.spool), prefix="cstore-", **kwargs)
+        with self._lock:
+            self._spooling[handle.name] = id(_current_association())
+        return handle
 
     def _verify_peer(self, _request: Any, client_address: tuple[str, int]) -> bool:
-        allowed = self.access.peer_allowed(client_address[0])
-        if not allowed:
+        if not self.access.peer_allowed(client_address[0]):
             logger.warning("connection refused: peer address not allowed",
                            extra={"peer": client_address[0]})
-        return allowed
+            return False
+        return self.guard.admit(client_address)
 
     def _rejected_association(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -289,6 +260,17 @@ class Receiver:
             logger.info("association accepted", extra={
                 "association_id": assoc_id, "calling_ae": str(event.assoc.requestor.ae_title).strip()})
 
+    def _connection_closed(self, event: Any) -> None:
+        """Free the connection's slot and remove what it left half-received in the spool."""
+        self.guard.forget(event.assoc)
+        with self._lock:
+            unfinished = [name for name, owner in self._spooling.items() if owner == id(event.assoc)]
+            for name in unfinished:
+                del self._spooling[name]
+        for name in unfinished:
+            Path(name).unlink(missing_ok=True)
+        self._closed(event)
+
     def _closed(self, event: Any) -> None:
         """Record the close first; forget the association only once that is written. A failed
         write is retried by the heartbeat, and liveness expiry covers a receiver that dies."""
@@ -325,7 +307,11 @@ class Receiver:
             with self._lock:
                 self._unclosed.discard(assoc_id)
         try:
-            self.store.clean_spool(older_than_seconds=4 * self.limits.network_timeout)
+            with self._lock:
+                live = set(self._spooling)
+            # Not a file a live transfer here is writing, however slowly; nor one written within
+            # two PDU deadlines (another receiver on this volume may be writing it).
+            self.store.clean_spool(older_than_seconds=2 * self.limits.pdu_timeout, keep=live)
         except OSError:
             logger.warning("spool cleaning failed")
 
@@ -352,13 +338,27 @@ class Receiver:
         return status
 
     def handle_store(self, event: Any) -> int:
+        """The C-STORE handler. Whatever escapes the steps below is a temporary failure (0xA700):
+        pynetdicom would answer 0xC211, a permanent one, which is our UID-conflict code."""
+        spooled = Path(event.dataset_path)
+        try:
+            return self._store(event, spooled)
+        except Exception as exc:
+            logger.error("C-STORE failed unexpectedly", extra={"error": type(exc).__name__})
+            return OUT_OF_RESOURCES
+        finally:
+            with self._lock:
+                self._spooling.pop(str(spooled), None)
+
+    def _store(self, event: Any, spooled: Path) -> int:
         assoc_id = self.association_id(event.assoc)
         request = event.request
         request_uid = str(request.AffectedSOPInstanceUID or "")
         safe_uid = request_uid if is_valid_uid(request_uid) else None
+        if refusal := self.guard.take_refusal(event.assoc):  # refused while it arrived; data dropped
+            return self._reject(event, assoc_id, refusal[0], refusal[1], None, safe_uid)
         if assoc_id in self._unrecorded and not self._record_opened(event, assoc_id):
             return OUT_OF_RESOURCES  # unrecorded, its study could be queued mid-association
-        spooled = Path(event.dataset_path)
         if reason := self.watermark.refusal(self.store.root):
             return self._reject(event, assoc_id, OUT_OF_RESOURCES, reason, None, safe_uid)
         transfer_syntax = str(event.context.transfer_syntax)
@@ -366,35 +366,33 @@ class Receiver:
                                   request_uid, self.limits.max_instance_bytes)
         ds = inspection.dataset
         if inspection.status != SUCCESS or ds is None:
-            kept = spooled if inspection.status != OUT_OF_RESOURCES else None
+            kept = spooled if inspection.status not in (OUT_OF_RESOURCES, LIMIT_EXCEEDED) else None
             return self._reject(event, assoc_id, inspection.status, inspection.reason, kept, safe_uid)
-        study_uid, patient_id = str(ds.StudyInstanceUID), str(ds.get("PatientID", "") or "")
-        try:
-            conflict = self.index.conflicts(study_uid, request_uid, patient_id)
-        except Exception:
-            logger.exception("index lookup failed", extra={"sop_instance_uid": request_uid})
-            return OUT_OF_RESOURCES
-        if conflict:  # checked before writing: the stored file of the other study stays untouched
-            return self._reject(event, assoc_id, UID_CONFLICT, str(InstanceConflictError()), spooled,
-                                safe_uid)
+        return self._index(event, assoc_id, spooled, ds, transfer_syntax)
+
+    def _index(self, event: Any, assoc_id: str, spooled: Path, ds: Dataset, transfer_syntax: str) -> int:
+        """The index entry first, then the file to its final path, in one transaction: a loser of
+        a race for the same SOP Instance UID never touches the winner's file."""
+        request_uid = str(ds.SOPInstanceUID)
         try:
             size, digest = spooled.stat().st_size, _sha256(spooled)
-            path = self.store.adopt(spooled, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            path = self.store.path_for_content(ds.StudyInstanceUID, ds.SeriesInstanceUID, request_uid,
+                                               digest)
         except OSError as exc:
-            logger.error("storage write failed", extra={"sop_instance_uid": request_uid,
-                                                        "error": type(exc).__name__})
+            logger.error("storage read failed", extra={"sop_instance_uid": request_uid,
+                                                       "error": type(exc).__name__})
             return OUT_OF_RESOURCES
-        stored = StoredInstance(assoc_id, study_uid, str(ds.SeriesInstanceUID),
+        stored = StoredInstance(assoc_id, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                                 request_uid, str(ds.SOPClassUID), str(ds.get("Modality", "")),
-                                transfer_syntax, str(path), size, digest, patient_id)
+                                transfer_syntax, str(path), size, digest, str(ds.get("PatientID", "") or ""))
         try:
-            self.index.instance_stored(stored)
-        except InstanceConflictError as exc:  # lost a race with another association
-            return self._reject(event, assoc_id, UID_CONFLICT, str(exc), None, safe_uid)
-        except Exception:  # the file is kept; the sender will retry and we index it then
-            logger.exception("indexing failed", extra={"sop_instance_uid": request_uid})
+            self.index.instance_stored(stored, lambda: self.store.move_into(spooled, path))
+        except InstanceConflictError as exc:  # checked before the file moved: the other stays
+            return self._reject(event, assoc_id, UID_CONFLICT, str(exc), spooled, request_uid)
+        except Exception as exc:  # nothing acknowledged; the sender will retry and we index it then
+            logger.error("indexing or storing failed", extra={"sop_instance_uid": request_uid,
+                                                              "error": type(exc).__name__})
             return OUT_OF_RESOURCES
-        logger.info("instance stored", extra={"association_id": assoc_id,
-                                              "study_uid": stored.study_uid,
+        logger.info("instance stored", extra={"association_id": assoc_id, "study_uid": stored.study_uid,
                                               "sop_instance_uid": request_uid})
         return SUCCESS

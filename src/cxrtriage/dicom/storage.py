@@ -91,8 +91,8 @@ class Watermark:
 
 
 class InstanceStore:
-    """Files under `root/<study>/<series>/<sop>.dcm`; rejected payloads under `root/rejected/`;
-    C-STORE data sets being received under `root/spool/`."""
+    """Files under `root/<study>/<series>/<sop>.<digest>.dcm`; rejected payloads under
+    `root/rejected/`; C-STORE data sets being received under `root/spool/`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -114,11 +114,19 @@ class InstanceStore:
         write_durably(path, chunks)
         return path
 
-    def adopt(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        """Store a spooled file (already on this volume) under its UIDs."""
+    def path_for_content(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> Path:
+        """Where a received instance with this content lives. The digest is in the name, so that
+        two senders racing with the same SOP Instance UID never write over each other's file."""
+        if len(sha256) < 16 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("sha256 must be a lowercase hex digest")
         path = self.path_for(study_uid, series_uid, sop_uid)
+        return path.with_name(f"{path.stem}.{sha256[:16]}.dcm")
+
+    def move_into(self, spooled: Path, path: Path) -> None:
+        """Make a spooled file (already on this volume) durable at `path`, under the root."""
+        if self.root not in path.parents:
+            raise ValueError("storage path escaped the storage root")
         move_durably(spooled, path)
-        return path
 
     def quarantine(self, chunks: list[bytes]) -> Path:
         """Keep a refused payload under a random name, so nothing received is lost."""
@@ -135,17 +143,20 @@ class InstanceStore:
         """Retention for quarantined payloads."""
         return _remove_older(self.root / "rejected", older_than_seconds)
 
-    def clean_spool(self, older_than_seconds: float) -> int:
-        """Remove spool files left by transfers that never finished (aborted, or a crash)."""
-        return _remove_older(self.spool, older_than_seconds)
+    def clean_spool(self, older_than_seconds: float, keep: set[str] | None = None) -> int:
+        """Remove spool files left by transfers that ended without a handler (aborted, or a
+        crash). `keep` names files that live transfers are still writing, however slowly."""
+        return _remove_older(self.spool, older_than_seconds, keep or set())
 
 
-def _remove_older(folder: Path, older_than_seconds: float) -> int:
+def _remove_older(folder: Path, older_than_seconds: float, keep: set[str] | None = None) -> int:
     if not folder.is_dir():
         return 0
-    cutoff, removed = time.time() - older_than_seconds, 0
+    cutoff, removed, keep = time.time() - older_than_seconds, 0, keep or set()
     for path in folder.iterdir():
         try:
+            if str(path) in keep:
+                continue
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink()
                 removed += 1

@@ -17,6 +17,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,9 @@ class MeteredIndex:
     def associations_alive(self, association_ids: list[str]) -> None:
         self.inner.associations_alive(association_ids)
 
-    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
-        return self.inner.conflicts(study_uid, sop_instance_uid, patient_id)
-
-    def instance_stored(self, stored: StoredInstance) -> None:
+    def instance_stored(self, stored: StoredInstance, place: Callable[[], None]) -> None:
         try:
-            self.inner.instance_stored(stored)
+            self.inner.instance_stored(stored, place)
         except InstanceConflictError:  # refused and counted through instance_rejected
             raise
         except Exception:  # the receiver answers 0xA700 when indexing fails

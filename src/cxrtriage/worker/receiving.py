@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -37,23 +39,29 @@ class DatabaseIndex:
         if self.closed is not None:
             self.closed.set()
 
-    def conflicts(self, study_uid: str, sop_instance_uid: str, patient_id: str) -> bool:
-        with self.db.session() as session:
-            return ingest.conflicts(session, study_uid, sop_instance_uid, patient_id)
-
-    def instance_stored(self, stored: StoredInstance) -> None:
-        # Two associations creating the same study at once collide on its unique UID; retry.
+    def instance_stored(self, stored: StoredInstance, place: Callable[[], None]) -> None:
+        """Index, then place the file, then commit: see ReceiverIndex. Two associations creating
+        the same study or instance at once collide on a unique UID; the loser retries, and then
+        sees the winner's rows."""
         for attempt in range(5):
             try:
                 with self.db.session() as session:
-                    ingest.index_instance(session, stored)
-                return
+                    replaced = ingest.index_instance(session, stored)
+                    session.flush()
+                    place()
+                break
             except InstanceConflictError:
                 raise
             except (IntegrityError, OperationalError):
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+        if replaced:  # new content under the same UID: the old file is no longer indexed
+            try:
+                Path(replaced).unlink(missing_ok=True)
+            except OSError:
+                logger.warning("could not remove a replaced file",
+                               extra={"sop_instance_uid": stored.sop_instance_uid})
 
     def instance_rejected(self, refused: RefusedInstance) -> None:
         with self.db.session() as session:
