@@ -23,21 +23,29 @@ from cxrtriage.db.models import (
 from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, Reason, StudyState
 
 
-def _has_open_association():  # type: ignore[no-untyped-def]
+# An association open longer than this no longer holds its studies back (a peer that never
+# closes, or keeps one alive with C-ECHOs); later instances take the late-instance path.
+DEFAULT_MAX_HOLD_SECONDS = 3600.0
+
+
+def _has_open_association(now: datetime, max_hold_seconds: float):  # type: ignore[no-untyped-def]
     return exists().where(and_(StudyAssociation.study_id == Study.id,
                                StudyAssociation.association_id == Association.id,
-                               Association.closed_at.is_(None)))
+                               Association.closed_at.is_(None),
+                               Association.opened_at > now - timedelta(seconds=max_hold_seconds)))
 
 
-def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | None = None) -> list[str]:
-    """Move studies that have been quiet long enough, with no sending association still open,
-    from received to queued. Returns the study UIDs to dispatch; each is returned once."""
+def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | None = None,
+                        max_hold_seconds: float = DEFAULT_MAX_HOLD_SECONDS) -> list[str]:
+    """Move studies that have been quiet long enough, with no sending association still open
+    (for less than `max_hold_seconds`), from received to queued. Returns the study UIDs to
+    dispatch; each is returned once."""
     now = now or utcnow()
     candidates = session.execute(
         select(Study.id, Study.study_uid, Study.revision).where(
             Study.state == StudyState.RECEIVED,
             Study.last_received_at <= now - timedelta(seconds=quiet_seconds),
-            ~_has_open_association())).all()
+            ~_has_open_association(now, max_hold_seconds))).all()
     queued = []
     for study_id, study_uid, revision in candidates:
         result = session.execute(update(Study).where(
@@ -48,11 +56,12 @@ def queue_quiet_studies(session: Session, quiet_seconds: float, now: datetime | 
     return queued
 
 
-def next_quiet_at(session: Session, quiet_seconds: float) -> datetime | None:
+def next_quiet_at(session: Session, quiet_seconds: float,
+                  max_hold_seconds: float = DEFAULT_MAX_HOLD_SECONDS) -> datetime | None:
     """When the next received study with no sending association open becomes quiet; None when
     there is none (a study still being sent is woken by its association's close)."""
     last = session.scalar(select(func.min(Study.last_received_at)).where(
-        Study.state == StudyState.RECEIVED, ~_has_open_association()))
+        Study.state == StudyState.RECEIVED, ~_has_open_association(utcnow(), max_hold_seconds)))
     return as_utc(last) + timedelta(seconds=quiet_seconds) if last is not None else None
 
 

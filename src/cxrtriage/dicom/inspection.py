@@ -55,12 +55,13 @@ def _expected_native_bytes(ds: Dataset) -> int:
 
 
 def inflated_size(read: Callable[[int], bytes], limit: int) -> int:
-    """Bytes a raw deflate stream inflates to, reading at most `limit` + 1 of output at a time:
-    a stream that would inflate past `limit` raises LimitExceededError as soon as it does."""
+    """Bytes a raw deflate stream inflates to, counted INFLATE_CHUNK of output at a time and
+    never kept: a stream that would inflate past `limit` raises LimitExceededError as soon as
+    it does."""
     inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
     while chunk := read(INFLATE_CHUNK):
         while chunk:
-            total += len(inflater.decompress(chunk, limit + 1 - total))
+            total += len(inflater.decompress(chunk, min(INFLATE_CHUNK, limit + 1 - total)))
             if total > limit:
                 raise LimitExceededError(f"instance inflates past the limit of {limit} bytes "
                                          "(CXRTRIAGE_MAX_INSTANCE_BYTES)")
@@ -70,10 +71,17 @@ def inflated_size(read: Callable[[int], bytes], limit: int) -> int:
     return total + len(inflater.flush())
 
 
-def _check_inflated_file(path: Path, limit: int) -> None:
+def _dataset_offset(path: Path) -> int:
+    """Where the data set starts in a spooled file, after the preamble and file meta."""
     with open(path, "rb") as handle:
         read_preamble(handle, False)
         _read_file_meta_info(handle)
+        return handle.tell()
+
+
+def _check_inflated_file(path: Path, offset: int, limit: int) -> None:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
         inflated_size(handle.read, limit)
 
 
@@ -92,15 +100,20 @@ def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, re
 
 def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
                  max_bytes: int) -> Inspection:
-    """As inspect_payload, for a data set spooled to a file with its file meta."""
+    """As inspect_payload, for a data set spooled to a file with its file meta. The limit counts
+    the data set's bytes as sent, as the receiver counted them while they arrived."""
+    try:
+        offset = _dataset_offset(path)
+    except Exception as exc:  # the meta is ours (pynetdicom writes it), so this is the disk's fault
+        raise OSError("spooled file cannot be read") from exc
 
     def load() -> Dataset:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            _check_inflated_file(path, max_bytes)
+            _check_inflated_file(path, offset, max_bytes)
         return dcmread(path)
 
-    return _inspect(path.stat().st_size, load, transfer_syntax, request_sop_class, request_sop_uid,
-                    max_bytes)
+    return _inspect(path.stat().st_size - offset, load, transfer_syntax, request_sop_class,
+                    request_sop_uid, max_bytes)
 
 
 def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, request_sop_class: str,

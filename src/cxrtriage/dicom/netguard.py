@@ -75,6 +75,7 @@ class _Transfer:
     dataset_bytes: int = 0
     next_watermark_check: int = WATERMARK_CHECK_BYTES
     refusal: tuple[int, str] | None = None  # (status, reason) for the message being received
+    cut: bool = False  # a protocol limit was exceeded: the association is being aborted
     done: list[tuple[int, str] | None] = field(default_factory=list)  # refusals of finished ones
 
 
@@ -273,6 +274,9 @@ def _guarded_read_pdu_data(provider: Any) -> None:
     guard: ConnectionGuard = assoc.ae._cxrtriage_guard
     transfer = guard._transfer(assoc)
     sock = provider.socket.socket
+    if transfer.cut:  # A-ABORT sent; whatever else the peer sends is not read
+        provider.event_queue.put("Evt17")
+        return
     try:
         deadline = guard.deadline(assoc, transfer)
         header = _recv_exactly(sock, 6, deadline)
@@ -290,6 +294,7 @@ def _guarded_read_pdu_data(provider: Any) -> None:
             header[2:6] = struct.pack(">L", len(body))
     except PduTooLarge as exc:
         logger.warning("peer exceeded a protocol limit; aborting", extra={"reason": str(exc)})
+        transfer.cut = True
         provider.event_queue.put("Evt19")  # A-ABORT, then close
         return
     except (OSError, TimeoutError) as exc:
