@@ -25,11 +25,13 @@ from cxrtriage.dicom.receiver import (
     ReceiverLimits,
 )
 from cxrtriage.dicom.storage import InstanceStore, Watermark
+from cxrtriage.dicom.tls import client_context, server_context
 from cxrtriage.worker.receiving import DatabaseIndex
 from tests.factory import radiograph, write_study
 from tests.hostile import DX, closed_by_peer, connect_from, deflate_bomb, oversized_file, pdu_header
 from tests.peers import echoscu, encode_dataset, storescu
 from tests.servers import LOOPBACK, free_port, wait_for
+from tests.tls_certs import make_ca, make_cert
 
 MiB = 1024 * 1024
 
@@ -54,6 +56,7 @@ def receive(tmp_path: Path, db: Database):  # type: ignore[no-untyped-def]
         started.append(receiver)
         return receiver, port
 
+    start.db = db  # type: ignore[attr-defined]
     yield start
     for receiver in started:
         receiver.stop()
@@ -304,3 +307,35 @@ def _peak_rss(pid: int) -> int:
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
 
+
+
+def test_a_certificate_may_claim_only_its_own_calling_ae_title(tmp_path, receive):
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "ca")
+    server_cert, server_key = make_cert(pki, "ca", "receiver")
+    modality_cert, modality_key = make_cert(pki, "ca", "modality1")
+    tls = client_context(modality_cert, modality_key, ca)
+    port = free_port()
+    receiver = Receiver("CXRTRIAGE", InstanceStore(tmp_path / "storage"), DatabaseIndex(receive.db, "rx"),
+                        ReceiverLimits(heartbeat_seconds=3600),
+                        AccessPolicy(tls_identities={"MODALITY1": ("modality1",), "CT2": ("ct2",)}),
+                        server_context(server_cert, server_key, ca))
+    receiver.start(LOOPBACK, port)
+    try:
+        assert _echo_tls(port, "MODALITY1", tls)
+        assert not _echo_tls(port, "CT2", tls), "a certificate claimed another modality's AE title"
+        assert not _echo_tls(port, "UNLISTED", tls), "an AE title without an identity got in"
+    finally:
+        receiver.stop()
+
+
+def _echo_tls(port: int, calling: str, tls) -> bool:  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE", tls_args=(tls, "127.0.0.1"))
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0

@@ -59,6 +59,20 @@ def test_open_association_holds_the_study_back_then_it_is_queued_once(db):
         assert queue_quiet_studies(s, 10, now=later) == []
 
 
+def test_an_association_open_past_the_hold_limit_no_longer_holds_its_study(db):
+    _receive(db)
+    with db.session() as s:  # kept open with C-ECHOs: never closed, never idle
+        assert queue_quiet_studies(s, 10, now=utcnow() + timedelta(seconds=60), max_hold_seconds=120) == []
+    with db.session() as s:
+        assert queue_quiet_studies(s, 10, now=utcnow() + timedelta(seconds=121),
+                                   max_hold_seconds=120) == ["1.2.3"]
+    _receive(db, sop="1.2.3.2")  # a later instance on the same association: the late path
+    assert _state(db) == ("received", 2)
+    with db.session() as s:
+        assert queue_quiet_studies(s, 10, now=utcnow() + timedelta(seconds=121),
+                                   max_hold_seconds=120) == ["1.2.3"]
+
+
 def test_late_instance_requeues_and_stale_claim_cannot_finish(db):
     _receive(db)
     with db.session() as s:

@@ -96,15 +96,15 @@ class ConnectionGuard:
         self.tls_identities = tls_identities or {}
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], float] = {}  # peer (address, port) -> accepted at
-        self._admitted: set[int] = set()  # id(assoc) of established associations
+        self._admitted: dict[int, Any] = {}  # id(assoc) -> assoc, for established associations
         self._transfers: dict[int, _Transfer] = {}
 
     def install(self, ae: Any) -> None:
         _patch_pynetdicom()
         ae._cxrtriage_guard = self
-        # pynetdicom's own count includes connections still negotiating; ours does not, so its
-        # cap is only a backstop above ours.
-        ae.maximum_associations = self.limits.max_associations + self.limits.max_pending
+        # pynetdicom's own count includes connections still negotiating and threads lingering
+        # after their connection died; ours does not, so its cap is only a distant backstop.
+        ae.maximum_associations = 10 * (self.limits.max_associations + self.limits.max_pending)
 
     # --- connections -------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class ConnectionGuard:
         requestor = assoc.requestor
         with self._lock:
             self._pending.pop((str(requestor.address), int(requestor.port or 0)), None)
-            self._admitted.discard(id(assoc))
+            self._admitted.pop(id(assoc), None)
             self._transfers.pop(id(assoc), None)
 
     def _established(self, assoc: Any) -> tuple[int, ...]:
@@ -140,9 +140,15 @@ class ConnectionGuard:
         requestor = assoc.requestor
         with self._lock:
             self._pending.pop((str(requestor.address), int(requestor.port or 0)), None)
+            # A slot is freed by the close event, or, when pynetdicom ended an association without
+            # one (its reactor died on a malformed message), as soon as the reactor is gone.
+            for key, other in list(self._admitted.items()):
+                if not (other.is_alive() and other.dul.is_alive()):
+                    del self._admitted[key]
+                    self._transfers.pop(key, None)
             if len(self._admitted) >= self.limits.max_associations:
                 return REJECT_BUSY
-            self._admitted.add(id(assoc))
+            self._admitted[id(assoc)] = assoc
         return ()
 
     def check_association(self, assoc: Any, called_ae: str, calling_ae: str) -> tuple[int, ...]:
@@ -283,6 +289,7 @@ def _guarded_read_pdu_data(provider: Any) -> None:
         pdu_type, _, length = struct.unpack(">BBL", header)
         if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
             logger.warning("unknown PDU type; aborting", extra={"pdu_type": pdu_type})
+            transfer.cut = True
             provider.event_queue.put("Evt19")
             return
         if length > guard.max_length(pdu_type):
@@ -306,6 +313,7 @@ def _guarded_read_pdu_data(provider: Any) -> None:
         pdu, event = provider._decode_pdu(header + body)
     except Exception as exc:  # sender-controlled bytes that pynetdicom cannot decode
         logger.warning("undecodable PDU; aborting", extra={"error": type(exc).__name__})
+        transfer.cut = True
         provider.event_queue.put("Evt19")
         return
     provider.event_queue.put(event)

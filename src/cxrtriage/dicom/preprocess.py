@@ -15,31 +15,71 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
+from cxrtriage.dicom.codestream import check_codestream
 from cxrtriage.dicom.decoding import first_frame
 from cxrtriage.domain import Reason
-from cxrtriage.errors import InvalidInputError
+from cxrtriage.errors import InvalidInputError, LimitExceededError
 
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 16384 * 16384
+# Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames: what decoding all frames
+# would allocate. The default equals the instance limit (a native file that may be stored may be
+# decoded); a chest radiograph is at most ~40 MB (4300 x 4300 x 16 bits), while 16383 x 16383 RGB
+# at 32 bits a sample, which MAX_PIXELS alone let through, is 3.2 GB.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 
 
-def check_pixel_contract(ds: Dataset) -> None:
-    """Cheap checks that refuse an image before any pixel buffer is decoded or allocated."""
+def _count(ds: Dataset, keyword: str, default: int) -> int:
+    """A pixel attribute as one int; a list, text or junk is refused, not a TypeError."""
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{keyword} must be a single integer") from exc
+
+
+def decoded_bytes(ds: Dataset) -> int:
+    """What decoding every frame allocates: bit-packed (1-bit) pixels are unpacked to bytes."""
+    rows, cols = _count(ds, "Rows", 0), _count(ds, "Columns", 0)
+    samples, frames = _count(ds, "SamplesPerPixel", 1), max(_count(ds, "NumberOfFrames", 1), 1)
+    return rows * cols * samples * frames * max(_count(ds, "BitsAllocated", 0), 8) // 8
+
+
+def check_pixel_contract(ds: Dataset, max_decoded_bytes: int = MAX_DECODED_BYTES,
+                         transfer_syntax: str | None = None) -> None:
+    """Cheap checks that refuse an image before any pixel buffer is decoded or allocated: the
+    attributes, the bytes decoding would allocate, and the codestream's own header (read from
+    the first fragment) against them. `transfer_syntax` defaults to the file meta's."""
     if "PixelData" not in ds:
         raise InvalidInputError("dataset has no PixelData")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, cols = _count(ds, "Rows", 0), _count(ds, "Columns", 0)
     if rows <= 0 or cols <= 0:
         raise InvalidInputError(f"Rows and Columns must be positive, got {rows}x{cols}")
     if rows * cols > MAX_PIXELS:
         raise InvalidInputError(f"image of {rows}x{cols} pixels exceeds the limit of {MAX_PIXELS}")
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric not in {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
-                           "YBR_ICT", "YBR_RCT"}:
+    if photometric not in _PHOTOMETRIC:
         raise InvalidInputError(f"PhotometricInterpretation {photometric!r} is not supported")
-    bits = int(ds.get("BitsAllocated", 0) or 0)
+    bits = _count(ds, "BitsAllocated", 0)
     if bits not in (1, 8, 16, 32):
         raise InvalidInputError(f"BitsAllocated must be 1, 8, 16 or 32, got {bits}")
+    samples = _count(ds, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise InvalidInputError(f"SamplesPerPixel must be 1 or 3, got {samples}")
+    if _count(ds, "NumberOfFrames", 1) < 0:
+        raise InvalidInputError("NumberOfFrames must not be negative")
+    if decoded_bytes(ds) > max_decoded_bytes:
+        raise LimitExceededError(f"decoded pixel data would exceed the limit of {max_decoded_bytes} "
+                                 "bytes (CXRTRIAGE_MAX_DECODED_BYTES)")
+    if transfer_syntax is None:
+        meta = getattr(ds, "file_meta", None)
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    pixel_data = ds.PixelData
+    if not isinstance(pixel_data, bytes | bytearray):
+        raise InvalidInputError("PixelData must be bytes")
+    check_codestream(transfer_syntax, pixel_data, rows, cols, samples, bits)
 
 
 def _first_frame(ds: Dataset) -> np.ndarray:
@@ -51,15 +91,27 @@ def _first_frame(ds: Dataset) -> np.ndarray:
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """VOI window to [0, 1] per PS3.3 C.11.2.1.2."""
+    """VOI window to [0, 1] per PS3.3 C.11.2.1.2, computed in `values` itself (consumed): a
+    second full-size array would double the decoder's peak memory."""
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+        values -= center
+        values *= -4.0 / max(width, 1e-6)
+        np.exp(values, out=values)
+        values += 1.0
+        return np.reciprocal(values, out=values)
     if function == "LINEAR_EXACT":
         low, high = center - width / 2.0, center + width / 2.0
     else:
         width = max(width, 1.0)
         low, high = center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
-    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return _scale(values, low, high)
+
+
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """[low, high] to [0, 1], clipped, in place."""
+    values -= low
+    values *= 1.0 / max(high - low, 1e-6)
+    return np.clip(values, 0.0, 1.0, out=values)
 
 
 def _first_value(value: object) -> float:
@@ -80,57 +132,81 @@ def _stored_range(ds: Dataset) -> tuple[float, float]:
 
 
 def _apply_voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Values of interest to [0, 1]; `values` (float32) is consumed."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
         descriptor = [int(v) for v in item.LUTDescriptor]
-        lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
-        first = descriptor[1]
-        index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(lut) - 1)
-        out = lut[index]
+        lut = np.asarray(item.LUTData, dtype=np.float32).ravel()
+        np.rint(values, out=values)
+        values -= descriptor[1]
+        np.clip(values, 0, len(lut) - 1, out=values)
+        out = lut[values.astype(np.int32)]  # int32 index: half the memory of the default int64
         top = max(float(2 ** descriptor[2] - 1), float(lut.max()), 1.0)
-        return np.clip(out / top, 0.0, 1.0)
+        out *= 1.0 / top
+        return np.clip(out, 0.0, 1.0, out=out)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
         return _window(values, _first_value(ds.WindowCenter), _first_value(ds.WindowWidth), function)
-    low, high = _stored_range(ds)
-    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return _scale(values, *_stored_range(ds))
 
 
 def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Luminance of a colour image; pydicom has already converted YBR data to RGB."""
+    """Luminance of a colour image; pydicom has already converted YBR data to RGB. Summed a
+    channel at a time in float32, never as one float64 copy of all three."""
     if arr.ndim == 3 and arr.shape[-1] == 3:
+        gray = np.zeros(arr.shape[:2], dtype=np.float32)
+        for channel, weight in enumerate((0.299, 0.587, 0.114)):
+            gray += arr[..., channel].astype(np.float32) * np.float32(weight)
         top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
-        weights = np.array([0.299, 0.587, 0.114])
-        return np.clip((arr.astype(np.float64) @ weights) / top, 0.0, 1.0)
+        gray *= 1.0 / top
+        return np.clip(gray, 0.0, 1.0, out=gray)
     raise InvalidInputError(f"colour image with shape {arr.shape} is not supported")
 
 
-def dataset_to_gray(ds: Dataset) -> np.ndarray:
+def dataset_to_gray(ds: Dataset, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.ndarray:
     """A displayable single-channel float32 image in [0, 1], bright = dense (MONOCHROME2 sense).
-    Any inconsistency in the pixel attributes is an InvalidInputError, never a crash."""
+    Any inconsistency in the pixel attributes is an InvalidInputError, never a crash.
+
+    Peak memory is the stored frame plus about two float32 copies of it: everything after the
+    decode works in place."""
     try:
-        check_pixel_contract(ds)
+        check_pixel_contract(ds, max_decoded_bytes)
         return _dataset_to_gray(ds)
     except InvalidInputError:
         raise
+    except MemoryError as exc:  # a decoder under its memory limit (dicom/sandbox.py)
+        raise InvalidInputError("decoding exceeded the decoder's memory limit",
+                                Reason.UNDECODABLE_PIXELS) from exc
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
-            MemoryError, NotImplementedError, RuntimeError) as exc:
+            NotImplementedError, RuntimeError) as exc:
         raise InvalidInputError(f"pixel attributes are inconsistent: {type(exc).__name__}") from exc
+
+
+def _modality(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT or rescale to a new float32 array (pydicom's rescale would make float64)."""
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    values = raw.astype(np.float32)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        values *= float(ds.RescaleSlope)
+        values += float(ds.RescaleIntercept)
+    return values
 
 
 def _dataset_to_gray(ds: Dataset) -> np.ndarray:
     raw = _first_frame(ds)
     photometric = str(ds.PhotometricInterpretation)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        return _to_gray(raw, ds).astype(np.float32)
+        return _to_gray(raw, ds)
     if raw.ndim != 2:
         raise InvalidInputError(f"grayscale pixel array must be 2-D, got shape {raw.shape}")
     padding = raw == ds.PixelPaddingValue if "PixelPaddingValue" in ds else None
-    values = apply_modality_lut(raw, ds).astype(np.float64)
+    values = _modality(raw, ds)
+    del raw  # the caller's dataset still holds the encoded bytes; the decoded frame can go
     gray = _apply_voi(values, ds)
     inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     if photometric == "MONOCHROME1" or inverse:
-        gray = 1.0 - gray
+        np.subtract(1.0, gray, out=gray)
     if padding is not None:
         gray[padding] = 0.0
-    return gray.astype(np.float32)
+    return gray.astype(np.float32, copy=False)

@@ -151,6 +151,7 @@ class Receiver:
         self.ssl_context = ssl_context
         self.watermark = watermark or Watermark()
         self._ids: dict[int, str] = {}  # open associations: id(assoc) -> our association id
+        self._live: dict[int, Any] = {}  # id(assoc) -> assoc, to notice those that die unannounced
         self._unrecorded: set[str] = set()  # opened, but the database write failed
         self._unclosed: set[str] = set()  # closed, but the database write failed; retried
         self._spooling: dict[str, int] = {}  # spool files being written -> id(assoc)
@@ -237,6 +238,7 @@ class Receiver:
 
     def association_id(self, assoc: Any) -> str:
         with self._lock:
+            self._live[id(assoc)] = assoc
             return self._ids.setdefault(id(assoc), uuid.uuid4().hex)
 
     def _record_opened(self, event: Any, assoc_id: str) -> bool:
@@ -272,10 +274,13 @@ class Receiver:
         self._closed(event)
 
     def _closed(self, event: Any) -> None:
+        self._record_closed(id(event.assoc))
+
+    def _record_closed(self, key: int) -> None:
         """Record the close first; forget the association only once that is written. A failed
         write is retried by the heartbeat, and liveness expiry covers a receiver that dies."""
         with self._lock:
-            assoc_id = self._ids.get(id(event.assoc))
+            assoc_id = self._ids.get(key)
         if not assoc_id:
             return
         try:
@@ -286,12 +291,23 @@ class Receiver:
             with self._lock:
                 self._unclosed.add(assoc_id)
         with self._lock:
-            self._ids.pop(id(event.assoc), None)
+            self._ids.pop(key, None)
+            self._live.pop(key, None)
             self._unrecorded.discard(assoc_id)
         logger.info("association closed", extra={"association_id": assoc_id})
 
+    def _reap(self) -> None:
+        """Close the records of associations that pynetdicom ended without a close event (its
+        reactor dies on some malformed messages), so they stop holding their studies back."""
+        with self._lock:
+            dead = [key for key, assoc in self._live.items()
+                    if not (assoc.is_alive() and assoc.dul.is_alive())]
+        for key in dead:
+            self._record_closed(key)
+
     def beat(self) -> None:
         """Vouch for the open associations, retry failed close records, clean the spool."""
+        self._reap()
         with self._lock:
             alive = sorted(set(self._ids.values()) - self._unrecorded)
             unclosed = sorted(self._unclosed)
