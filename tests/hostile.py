@@ -66,7 +66,7 @@ def deflate_bomb(path: Path, rows: int = 8192, cols: int = 8192, samples: int = 
 
 def oversized_file(path: Path, pixel_bytes: int) -> Dataset:
     """An uncompressed file with `pixel_bytes` of pixels (a 16-bit MONOCHROME2 square-ish image)."""
-    cols = 4096
+    cols = 4096 if pixel_bytes <= 2 * 4096 * 65535 else 16384  # Rows is a US: at most 65535
     rows = max(1, pixel_bytes // (2 * cols))
     ds = giant_header(rows, cols, samples=1, bits=16)
     ds.BitsStored, ds.HighBit = 12, 11
