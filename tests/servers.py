@@ -64,10 +64,12 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.cleanup: Path | None = None
+        self.reported = 0  # how much of the log a failure report already showed
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env={**os.environ, **(env or {})}, preexec_fn=_demote(user),
                                      start_new_session=True)
+        RUNNING.append(self)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -88,11 +90,32 @@ class Proc:
                 self.proc.wait(timeout=10)
         if not self._log.closed:
             self._log.close()
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.cleanup is not None:
             shutil.rmtree(self.cleanup, ignore_errors=True)
 
     def dump(self) -> None:
-        sys.stderr.write(f"\n===== {self.name} log =====\n{self.log()[-8000:]}\n")
+        """The log's tail on stderr; only what is new if a failure report already showed it."""
+        text = self.log()
+        new = text[self.reported:] if self.reported else text
+        title = f"{self.name} log" + (", since the failure report" if self.reported else "")
+        sys.stderr.write(f"\n===== {title} =====\n{new[-LOG_TAIL:]}\n")
+
+
+RUNNING: list[Proc] = []  # started and not yet stopped, in start order
+LOG_TAIL = 8000  # characters of each log shown on failure
+
+
+def running_logs() -> list[tuple[str, str]]:
+    """(title, log tail) of every server still running: what a failed test's report shows, so
+    that a module-scoped server's log is seen too (a fixture never sees its tests fail)."""
+    sections = []
+    for proc in RUNNING:
+        text = proc.log()
+        proc.reported = len(text)
+        sections.append((f"{proc.name} log ({proc.log_path}, last {LOG_TAIL} characters)", text[-LOG_TAIL:]))
+    return sections
 
 
 @contextmanager

@@ -40,10 +40,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from cxrtriage.db.session import upgrade
+    from sqlalchemy.engine import make_url
 
-    upgrade(_settings(args).database_url)
+    from cxrtriage.db.roles import grant_service_role
+    from cxrtriage.db.session import make_engine, upgrade
+
+    settings = _settings(args)
+    owner_url = settings.migration_database_url
+    upgrade(owner_url or settings.database_url, warn_if_owner=not owner_url)
     print("database is at the latest revision")
+    if owner_url and not owner_url.startswith("sqlite"):  # two roles: the services own nothing
+        role = settings.database_service_role or make_url(settings.database_url).username or ""
+        engine = make_engine(owner_url)
+        try:
+            tables = grant_service_role(engine, role)
+        finally:
+            engine.dispose()
+        print(f"service role {role} granted its privileges on {len(tables)} tables "
+              "(audit_log: SELECT and INSERT only)")
     return 0
 
 
@@ -91,6 +105,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         closed = close_stale_associations(session, identity)
     logger.info("receiver starting", extra={"receiver_id": identity, "stale_associations_closed": closed})
     limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
+                            max_decoded_bytes=settings.max_decoded_bytes,
                             max_associations=settings.max_associations,
                             max_pending_connections=settings.max_pending_connections,
                             max_pending_per_peer=settings.max_pending_per_peer,
@@ -385,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     db = sub.add_parser("db", help="database commands", description="database commands")
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="run migrations to the latest revision")
+    up = dbsub.add_parser("upgrade", help="run migrations to the latest revision; with "
+                          "CXRTRIAGE_MIGRATION_DATABASE_URL, as that owner role, then grant the "
+                          "service role its privileges (docs/database-roles.md)")
     up.set_defaults(func=cmd_db_upgrade)
     p = add("train", cmd_train, "train a model from a TOML config, resuming if interrupted")
     p.add_argument("config_file")

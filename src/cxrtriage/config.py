@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     study_max_attempts: int = Field(3, ge=1)  # then the study gets a "not analysed" SR
     batch_studies: int = Field(8, ge=1)  # ready studies a worker classifies in one forward pass
     batch_wait_seconds: float = Field(0.0, ge=0)  # wait this long for a batch to fill (GPU bulk work)
-    decode_processes: int = Field(2, ge=0)  # a worker's image-decoding processes; 0: decode in the worker
+    decode_processes: int = Field(2, ge=0)  # a worker's image-decoding processes (0: one, as 1)
+    # Hostile pixels (README, Security): decoding runs only in child processes under these limits.
+    max_decoded_bytes: int = Field(256 * 1024 * 1024, gt=0)  # rows x cols x samples x bits x frames
+    decode_memory_bytes: int = Field(2 * 1024**3, ge=256 * 1024**2)  # each child's RLIMIT_AS
+    decode_timeout_seconds: float = Field(30.0, gt=0)  # one file's decode; then the child is killed
     # CT, MR and other non-radiograph studies get a recorded reason; an SR only if asked for.
     sr_for_non_radiograph_studies: bool = False
     sweep_interval_seconds: float = Field(1.0, gt=0)
@@ -71,7 +75,19 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_associations: int = Field(10, ge=1)
-    max_pdu_size: int = Field(262144, ge=0)  # fewer, larger PDUs: ~20% faster ingest than 16 KB
+    # Hostile peers (README, Security): what a connection may cost before it is cut off.
+    max_pending_connections: int = Field(20, ge=1)  # connected, not yet associated, from all peers
+    max_pending_per_peer: int = Field(4, ge=1)  # ... and from any one address
+    max_associate_rq_bytes: int = Field(65536, ge=1024)  # an A-ASSOCIATE-RQ PDU
+    pdu_timeout: float = Field(60.0, gt=0)  # a whole PDU, from its first byte
+    negotiation_timeout: float = Field(10.0, gt=0)  # the A-ASSOCIATE-RQ, from its first byte
+    max_association_hold_seconds: float = Field(3600.0, gt=0)  # then it no longer holds its studies
+    ae_title_aliases: Annotated[list[str], NoDecode] = Field(default_factory=list)  # called AEs we answer
+    # With TLS, optional: `AE=name` entries; the AE title may be claimed only by a certificate
+    # whose subject CN or a SAN (DNS or URI) is one of its names.
+    tls_peer_identities: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # fewer, larger PDUs: ~20% faster ingest than 16 KB; bounded, since pynetdicom reads a whole PDU
+    max_pdu_size: int = Field(262144, ge=4096, le=16 * 1024 * 1024)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(30.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
@@ -85,6 +101,13 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(1024**3, ge=0)  # refuse new instances (0xA700) below this
     max_disk_used_percent: float = Field(90.0, gt=0, le=100)  # ... or above this
     retention_days: int = Field(0, ge=0)  # 0: keep image files for ever
+    # Refused payloads (storage_dir/rejected/) hold patient data too: removed after this; 0 keeps them.
+    quarantine_retention_days: int = Field(30, ge=0)
+    # PostgreSQL roles (docs/database-roles.md): `cxrtriage db upgrade` migrates as this owner role
+    # and grants the service role (CXRTRIAGE_DATABASE_URL's user, or the one named) only what the
+    # services need: on audit_log, INSERT and SELECT. Empty: migrations use CXRTRIAGE_DATABASE_URL.
+    migration_database_url: str = ""
+    database_service_role: str = ""
     export_concurrency: int = Field(4, ge=1)  # threads of the export worker in `serve`
     worker_concurrency: int = Field(1, ge=1)
     nightly_reprocess_hour: int = Field(-1, ge=-1, le=23)  # local hour; -1 turns the nightly job off
@@ -106,6 +129,16 @@ class Settings(BaseSettings):
     web_forwarded_allow_ips: str = "127.0.0.1"  # reverse proxies trusted for X-Forwarded-Proto/For
     web_max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
     web_assessment_sr: bool = False  # each verdict also goes to the PACS as an assessment SR (AIRA-like)
+    # Hostile browsers and scripts (issue 17): every limit is checked on what arrives.
+    web_max_body_bytes: int = Field(1024 * 1024, gt=0)  # any request body but "try an image" (413)
+    web_login_address_attempts: int = Field(0, ge=0)  # failures from one address, any name; 0: as above
+    web_login_global_attempts: int = Field(50, ge=1)  # failures from everywhere in the window: then ...
+    web_login_slowdown_seconds: float = Field(1.0, ge=0)  # ... failing addresses wait this long, in turn
+    web_password_checks: int = Field(2, ge=1)  # argon2 verifications at once (a core and 64 MiB each)
+    web_tls_certificate: Path | None = None  # PEM; with the key, uvicorn itself serves HTTPS
+    web_tls_key: Path | None = None
+    web_tls_proxy: bool = False  # a TLS reverse proxy is the only way in (it sets X-Forwarded-Proto)
+    web_hsts_seconds: int = Field(31536000, ge=0)  # Strict-Transport-Security max-age on HTTPS; 0: off
     log_level: str = "INFO"
 
     @field_validator("ae_title", "sr_calling_ae")
@@ -115,7 +148,8 @@ class Settings(BaseSettings):
             raise ValueError("an AE title is 1-16 printable characters without backslash")
         return value
 
-    @field_validator("allowed_calling_aes", "allowed_peers", mode="before")
+    @field_validator("allowed_calling_aes", "allowed_peers", "ae_title_aliases", "tls_peer_identities",
+                     mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         """Accept `A,B` as well as a JSON list, so operators can write either."""
@@ -131,6 +165,24 @@ class Settings(BaseSettings):
         for network in value:
             ipaddress.ip_network(network, strict=False)
         return value
+
+    @field_validator("tls_peer_identities")
+    @classmethod
+    def _check_identities(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ae, sep, name = entry.partition("=")
+            if not sep or not ae.strip() or not name.strip():
+                raise ValueError("CXRTRIAGE_TLS_PEER_IDENTITIES entries look like AE=name")
+        return value
+
+    @property
+    def tls_identities(self) -> dict[str, tuple[str, ...]]:
+        """For each calling AE title, the certificate names that may claim it."""
+        names: dict[str, tuple[str, ...]] = {}
+        for entry in self.tls_peer_identities:
+            ae, _, name = entry.partition("=")
+            names[ae.strip()] = (*names.get(ae.strip(), ()), name.strip())
+        return names
 
     @field_validator("sr_destination")
     @classmethod
@@ -150,6 +202,21 @@ class Settings(BaseSettings):
             if not self.allowed_calling_aes or "allowed_peers" not in explicit or not self.allowed_peers:
                 raise ValueError("production needs explicit CXRTRIAGE_ALLOWED_CALLING_AES and "
                                  "CXRTRIAGE_ALLOWED_PEERS lists")
+        if self.environment == "production" and not self.web_tls_certificate and not self.web_tls_proxy:
+            try:
+                loopback = self.web_host == "localhost" or ipaddress.ip_address(self.web_host).is_loopback
+            except ValueError:  # a host name other than localhost
+                loopback = False
+            if not loopback:
+                raise ValueError("production refuses a review app on a non-loopback CXRTRIAGE_WEB_HOST "
+                                 "without TLS: set CXRTRIAGE_WEB_TLS_CERTIFICATE and CXRTRIAGE_WEB_TLS_KEY, "
+                                 "or CXRTRIAGE_WEB_TLS_PROXY=true when a TLS proxy is the only way in")
+        if self.environment == "production" and self.web_forwarded_allow_ips.strip() == "*":
+            raise ValueError("production refuses CXRTRIAGE_WEB_FORWARDED_ALLOW_IPS=*: any client could then "
+                             "choose its own address and scheme; name the TLS proxy's address")
+        if bool(self.web_tls_certificate) != bool(self.web_tls_key):
+            raise ValueError("the review app's TLS needs both CXRTRIAGE_WEB_TLS_CERTIFICATE and "
+                             "CXRTRIAGE_WEB_TLS_KEY")
         tls = [self.tls_certificate, self.tls_key, self.tls_ca]
         if any(tls) and not all(tls):
             raise ValueError("TLS needs CXRTRIAGE_TLS_CERTIFICATE, CXRTRIAGE_TLS_KEY and CXRTRIAGE_TLS_CA")

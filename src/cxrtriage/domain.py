@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     UNREADABLE_FILE = "unreadable-file"
     UNSUPPORTED_PIXELS = "unsupported-pixels"
     UNDECODABLE_PIXELS = "undecodable-pixels"
+    STORED_FILE_CHANGED = "stored-file-changed"  # its sha256 is no longer the one indexed
     NO_IMAGE_ANALYSABLE = "no-image-analysable"
     PATIENT_IDENTITY_INCONSISTENT = "patient-identity-inconsistent"
     ATTEMPTS_EXHAUSTED = "attempts-exhausted"
@@ -70,6 +71,7 @@ REASON_TEXT = {
     Reason.UNREADABLE_FILE: "file cannot be read as DICOM",
     Reason.UNSUPPORTED_PIXELS: "pixel data attributes are not supported",
     Reason.UNDECODABLE_PIXELS: "pixel data cannot be decoded",
+    Reason.STORED_FILE_CHANGED: "the stored file changed after it was received",
     Reason.NO_IMAGE_ANALYSABLE: "no image of the study could be analysed",
     Reason.PATIENT_IDENTITY_INCONSISTENT: "instances of the study name different patients",
     Reason.ATTEMPTS_EXHAUSTED: "processing stopped repeatedly without finishing",

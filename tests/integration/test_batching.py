@@ -168,9 +168,9 @@ def test_a_killed_decoder_process_costs_time_not_studies(rt, monkeypatch) -> Non
     def decode_then_kill(rt_: Runtime, runs: list[pipeline.StudyRun]) -> None:
         real(rt_, runs)
         assert any(run.decoding for run in runs), "the batch was not handed to the pool"
-        for process in list(rt_.decoder_pool._executor._processes.values()):  # type: ignore[union-attr]
-            os.kill(process.pid, signal.SIGKILL)
-            killed.append(process.pid)
+        for pid in rt_.decoder_pool.pids():  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     monkeypatch.setattr(pipeline, "decode_ahead", decode_then_kill)
     assert process_ready(rt, uids[0]) == {uid: "done" for uid in uids}

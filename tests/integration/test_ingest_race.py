@@ -109,7 +109,8 @@ def test_the_loser_of_a_sop_instance_uid_race_never_touches_the_winners_file(tmp
     assert Path(first.path).read_bytes() == first_bytes
     assert not Path(second.path).exists()
     with db.session() as s:
-        [(patient, path, digest)] = s.execute(select(Instance.patient_id, Instance.path, Instance.sha256)).all()
+        [(patient, path, digest)] = s.execute(
+            select(Instance.patient_id, Instance.path, Instance.sha256)).all()
     assert (patient, path, digest) == ("PATIENT-A", first.path, first_digest)
 
 

@@ -27,7 +27,10 @@ def _study(db: Database, root: Path, uid: str, state: str,
     sr.write_bytes(b"sr")
     with db.session() as session:
         finished = utcnow() - timedelta(days=finished_days_ago) if finished_days_ago is not None else None
-        study = Study(study_uid=uid, state=state, finished_at=finished)
+        # As a real study: its image arrived before it finished. (A study that received an
+        # instance since is one whose file must stay: test_retention_races.py.)
+        study = Study(study_uid=uid, state=state, finished_at=finished,
+                      last_received_at=finished or utcnow())
         session.add(study)
         session.flush()
         series = Series(study_id=study.id, series_uid=uid + ".1")

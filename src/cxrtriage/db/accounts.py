@@ -1,18 +1,31 @@
-"""Accounts and browser sessions for the review app. Passwords are hashed with argon2id."""
+"""Accounts, browser sessions and the sign-in throttle for the review app. Passwords are hashed
+with argon2id.
+
+The throttle counts failed sign-ins in `login_failures`, one row per (name, address) while its
+window is open, whichever way the password came (the form or HTTP Basic). A pair is refused after
+`attempts` failures, an address after `address_attempts` failures for any names, each until the
+window has passed since its last failure. Nothing a stranger does from elsewhere locks a name out
+of another address. The audit log gets one `login_failed` row when a pair's window opens and one
+`login_failures` summary (counts, first and last time) when it closes, so its size grows with
+pairs and windows, not with attempts."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from cxrtriage.db.models import User, WebSession, utcnow
+from cxrtriage.db.models import Base, User, WebSession, as_utc, utcnow
+from cxrtriage.db.review import audit, iso
 
 ROLES = ("radiologist", "admin")
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -118,3 +131,133 @@ def session_user(session: Session, token: str, now: datetime | None = None) -> t
 
 def close_session(session: Session, token: str) -> None:
     session.execute(delete(WebSession).where(WebSession.token_sha256 == _digest(token)))
+
+
+# --- the sign-in throttle (one path for the form and HTTP Basic) --------------------------------
+
+ANY_NAME = "*"  # never a valid username: the row that counts refusals at a locked address
+
+
+class LoginFailures(Base):
+    """Failed sign-ins of one (name, address) pair while its window is open (migration 0007).
+    State, not history: a row is deleted, after its summary goes to the audit log, when its window
+    closes or the pair signs in."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (UniqueConstraint("username", "client", name="uq_login_failures_username_client"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(64), index=True)
+    first_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # last failure (refusal: *)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    basic: Mapped[int] = mapped_column(Integer, default=0)  # of the failures, those over HTTP Basic
+    refused: Mapped[int] = mapped_column(Integer, default=0)  # attempts refused unchecked while locked
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """The throttle's numbers (from the CXRTRIAGE_WEB_LOGIN_* settings)."""
+
+    attempts: int  # failures that lock one (name, address) pair
+    address_attempts: int  # failures, any names, that lock one address
+    window_seconds: float  # a lock lasts this long after the last failure
+    global_attempts: int  # failures from everywhere that start the slow lane
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """What to do with one attempt before its password is checked."""
+
+    refused: bool  # locked: answer 429 without checking the password
+    retry_after: int = 0  # seconds until the lock lifts, for Retry-After
+    slow: bool = False  # over the global cap and this address has failed: the slow lane
+
+
+def check_login(session: Session, username: str, client: str, policy: LoginPolicy,
+                now: datetime | None = None) -> Throttle:
+    """The throttle's decision for one attempt. A refusal is counted here (in the pair's row, or
+    the address's `*` row), never as an audit row of its own."""
+    now = now or utcnow()
+    name, client = username[:64], client[:64]
+    close_windows(session, policy.window_seconds, now)
+    rows = session.scalars(select(LoginFailures).where(LoginFailures.client == client,
+                                                       LoginFailures.failures > 0)).all()
+    pair = next((row for row in rows if row.username == name), None)
+    from_address = sum(row.failures for row in rows)
+    waits = []
+    if pair is not None and pair.failures >= policy.attempts:
+        waits.append(as_utc(pair.last_at))
+    if rows and from_address >= policy.address_attempts:
+        waits.append(min(as_utc(row.last_at) for row in rows))
+    if waits:
+        _bump(session, name if pair is not None else ANY_NAME, client, now, refused=1)
+        left = policy.window_seconds - (now - max(waits)).total_seconds()
+        return Throttle(True, retry_after=max(1, int(left + 0.999)))
+    everywhere = int(session.scalar(select(func.coalesce(func.sum(LoginFailures.failures), 0))) or 0)
+    return Throttle(False, slow=everywhere >= policy.global_attempts and from_address > 0)
+
+
+def note_failure(session: Session, username: str, client: str, via: str, now: datetime | None = None) -> int:
+    """Count a wrong password (or unknown or disabled name); the first of a window is audited.
+    Returns the pair's failures in its window."""
+    name, client = username[:64], client[:64]
+    count = _bump(session, name, client, now or utcnow(), failures=1, basic=int(via == "basic"))
+    if count == 1:
+        audit(session, "login_failed", name, client=client, via=via)
+    return count
+
+
+def note_success(session: Session, username: str, client: str, via: str, record: bool = True) -> None:
+    """A right password closes the pair's window (its summary is audited) and, if `record`,
+    audits the sign-in."""
+    name, client = username[:64], client[:64]
+    for row in session.execute(delete(LoginFailures).where(
+            LoginFailures.username == name, LoginFailures.client == client)
+            .returning(*_SUMMARY).execution_options(synchronize_session=False)).all():
+        _summarise(session, row._asdict())
+    if record:
+        audit(session, "login", name, client=client, via=via)
+
+
+def close_windows(session: Session, window_seconds: float, now: datetime | None = None) -> int:
+    """Audit a summary of each pair whose window has passed, and forget it. DELETE ... RETURNING,
+    so two processes closing at once write each summary once. Returns how many closed."""
+    cutoff = (now or utcnow()) - timedelta(seconds=window_seconds)
+    if session.scalar(select(LoginFailures.id).where(LoginFailures.last_at < cutoff).limit(1)) is None:
+        return 0  # the common case, read only: no write lock taken on SQLite
+    closed = session.execute(delete(LoginFailures).where(LoginFailures.last_at < cutoff)
+                             .returning(*_SUMMARY).execution_options(synchronize_session=False)).all()
+    for row in closed:
+        _summarise(session, row._asdict())
+    return len(closed)
+
+
+_SUMMARY = (LoginFailures.username, LoginFailures.client, LoginFailures.first_at, LoginFailures.last_at,
+            LoginFailures.failures, LoginFailures.basic, LoginFailures.refused)
+
+
+def _summarise(session: Session, row: dict[str, Any]) -> None:
+    """One audit row for a closed window, unless its one `login_failed` row already says it all."""
+    if row["failures"] <= 1 and not row["refused"]:
+        return
+    audit(session, "login_failures", row["username"], client=row["client"], failures=row["failures"],
+          basic=row["basic"], form=row["failures"] - row["basic"], refused=row["refused"],
+          first=iso(row["first_at"]), last=iso(row["last_at"]))
+
+
+def _bump(session: Session, name: str, client: str, now: datetime, failures: int = 0, basic: int = 0,
+          refused: int = 0) -> int:
+    """Add to the pair's counters in one statement (INSERT ... ON CONFLICT DO UPDATE), so that
+    concurrent attempts neither lose a count nor collide; returns the failures after."""
+    row = LoginFailures
+    dialect = session.get_bind().dialect.name
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    updates: dict[str, Any] = {"failures": row.failures + failures, "basic": row.basic + basic,
+                               "refused": row.refused + refused}
+    if failures or name == ANY_NAME:
+        updates["last_at"] = now
+    statement = insert(row).values(username=name, client=client, first_at=now, last_at=now,
+                                   failures=failures, basic=basic, refused=refused)
+    statement = statement.on_conflict_do_update(index_elements=["username", "client"], set_=updates)
+    return int(session.execute(statement.returning(row.failures)).scalar_one())

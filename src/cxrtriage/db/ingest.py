@@ -96,6 +96,11 @@ def index_instance(session: Session, stored: StoredInstance) -> str | None:
     if _conflicts(session, stored):
         raise InstanceConflictError()
     study = _get_or_create_study(session, stored.study_uid)
+    # A purged study that receives again is no longer purged: retention may remove its files
+    # later, and reprocessing reads it. An explicit UPDATE, since on SQLite the ORM's read of
+    # the row can predate this transaction's write lock.
+    session.execute(update(Study).where(Study.id == study.id, Study.purged_at.is_not(None))
+                    .values(purged_at=None).execution_options(synchronize_session=False))
     series = session.scalar(select(Series).where(Series.series_uid == stored.series_uid))
     if series is None:
         series = Series(study_id=study.id, series_uid=stored.series_uid, modality=stored.modality[:16])

@@ -120,6 +120,8 @@ class Rejection(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     quarantine_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the payload was removed by quarantine retention (quarantine_path is then cleared)
+    quarantine_removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ModelVersion(Base):

@@ -22,7 +22,6 @@ from cxrtriage.db.models import (
 )
 from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, Reason, StudyState
 
-
 # An association open longer than this no longer holds its studies back (a peer that never
 # closes, or keeps one alive with C-ECHOs); later instances take the late-instance path.
 DEFAULT_MAX_HOLD_SECONDS = 3600.0

@@ -51,7 +51,7 @@ def _undecodable(message: str) -> InvalidInputError:
     return InvalidInputError(message, Reason.UNDECODABLE_PIXELS)
 
 
-def first_fragment_head(pixel_data: bytes, limit: int = HEAD_BYTES) -> bytes:
+def first_fragment_head(pixel_data: bytes | bytearray, limit: int = HEAD_BYTES) -> bytes:
     """Up to `limit` bytes of encapsulated pixel data after the Basic Offset Table: the first
     fragment, continued by the next ones when it is shorter than that."""
     view, offset, head = memoryview(pixel_data), 0, bytearray()
@@ -148,7 +148,7 @@ def rle_segments(data: bytes) -> int:
     return int(count)
 
 
-def check_codestream(transfer_syntax: str, pixel_data: bytes, rows: int, columns: int,
+def check_codestream(transfer_syntax: str, pixel_data: bytes | bytearray, rows: int, columns: int,
                      samples: int, bits_allocated: int) -> None:
     """Refuse encapsulated pixel data whose first frame's header disagrees with the data set's
     pixel attributes. Native syntaxes have no codestream and pass."""

@@ -25,7 +25,8 @@ from typing import IO, Any
 
 HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 1 << 16
-MODES = ("gray", "rgb8")  # the grayscale pipeline, or a stored RGB heat map as it is
+# The DICOM grayscale pipeline; a stored RGB heat map as it is; a PNG or JPEG upload as gray.
+MODES = ("gray", "rgb8", "picture")
 
 
 def read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -70,6 +71,8 @@ def _decode(request: dict[str, Any], data: bytes | None, max_decoded_bytes: int)
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise InvalidInputError("the stored file differs from the one received and indexed",
                                 Reason.STORED_FILE_CHANGED)
+    if request["mode"] == "picture":
+        return _picture_to_gray(data), "float32"
     ds = read_dataset(BytesIO(data))
     del data
     if request["mode"] == "gray":
@@ -96,6 +99,28 @@ def _warm_up() -> None:
 
     for syntax in PREFERRED_PLUGIN:
         _ = get_decoder(syntax).available_plugins
+
+
+def _picture_to_gray(data: bytes) -> Any:
+    """A PNG or JPEG as float32 in [0, 1], as models/model_input.image_file_to_gray reads
+    training pictures; Pillow's own decompression-bomb limit applies too."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    from cxrtriage.errors import InvalidInputError
+
+    try:
+        with Image.open(BytesIO(data)) as img:
+            if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # type: ignore[operator]
+                raise InvalidInputError("picture exceeds Pillow's MAX_IMAGE_PIXELS")
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                return np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
+            return np.ascontiguousarray(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"not a readable PNG/JPEG image: {type(exc).__name__}") from exc
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes], max_decoded_bytes: int) -> None:

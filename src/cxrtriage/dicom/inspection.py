@@ -21,7 +21,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
-from cxrtriage.dicom.preprocess import check_pixel_contract
+from cxrtriage.dicom.preprocess import MAX_DECODED_BYTES, check_pixel_contract
 from cxrtriage.dicom.uids import require_uid
 from cxrtriage.errors import InvalidInputError, LimitExceededError
 
@@ -86,7 +86,7 @@ def _check_inflated_file(path: Path, offset: int, limit: int) -> None:
 
 
 def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
-                    max_bytes: int) -> Inspection:
+                    max_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Inspection:
     """Parse and check the bytes of one C-STORE data set (without file meta)."""
     syntax = UID(transfer_syntax)
 
@@ -95,11 +95,12 @@ def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, re
             inflated_size(BytesIO(raw).read, max_bytes)
         return decode(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
 
-    return _inspect(len(raw), load, transfer_syntax, request_sop_class, request_sop_uid, max_bytes)
+    return _inspect(len(raw), load, transfer_syntax, request_sop_class, request_sop_uid, max_bytes,
+                    max_decoded_bytes)
 
 
 def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
-                 max_bytes: int) -> Inspection:
+                 max_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Inspection:
     """As inspect_payload, for a data set spooled to a file with its file meta. The limit counts
     the data set's bytes as sent, as the receiver counted them while they arrived."""
     try:
@@ -113,17 +114,18 @@ def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, reque
         return dcmread(path)
 
     return _inspect(path.stat().st_size - offset, load, transfer_syntax, request_sop_class,
-                    request_sop_uid, max_bytes)
+                    request_sop_uid, max_bytes, max_decoded_bytes)
 
 
 def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, request_sop_class: str,
-             request_sop_uid: str, max_bytes: int) -> Inspection:
+             request_sop_uid: str, max_bytes: int, max_decoded_bytes: int) -> Inspection:
     if size > max_bytes:
         return Inspection(LIMIT_EXCEEDED, f"instance of {size} bytes exceeds the limit of {max_bytes} "
                                           "(CXRTRIAGE_MAX_INSTANCE_BYTES)", None)
     try:
         ds = load()
-        status, reason = validate_dataset(ds, request_sop_class, request_sop_uid, transfer_syntax)
+        status, reason = validate_dataset(ds, request_sop_class, request_sop_uid, transfer_syntax,
+                                          max_decoded_bytes)
     except LimitExceededError as exc:
         return Inspection(LIMIT_EXCEEDED, str(exc), None)
     except InvalidInputError as exc:
@@ -134,7 +136,7 @@ def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, reque
 
 
 def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
-                     transfer_syntax: str) -> tuple[int, str]:
+                     transfer_syntax: str, max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[int, str]:
     """A status and reason for a parsed dataset; SUCCESS with an empty reason when acceptable."""
     for element in ds.iterall():  # forces every deferred element to parse now, not in the worker
         _ = element.value
@@ -146,7 +148,7 @@ def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
         return DATASET_MISMATCH, "SOPClassUID in the dataset differs from the C-STORE request"
     if sop_uid != request_sop_uid:
         return DATASET_MISMATCH, "SOPInstanceUID in the dataset differs from the C-STORE request"
-    check_pixel_contract(ds)
+    check_pixel_contract(ds, max_decoded_bytes, transfer_syntax=transfer_syntax)
     if transfer_syntax in NATIVE_SYNTAXES:
         expected, actual = _expected_native_bytes(ds), len(ds.PixelData)
         if actual < expected:

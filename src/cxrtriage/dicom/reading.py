@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,3 +55,23 @@ def read_verified(path: str | Path, sha256: str, stop_before_pixels: bool = Fals
                                         Reason.STORED_FILE_CHANGED)
             handle.seek(0)
         return read_dataset(handle, stop_before_pixels=stop_before_pixels)
+
+
+def read_upload_header(data: bytes, max_inflated_bytes: int) -> Dataset:
+    """The header of an uploaded file (no pixels). A Deflated Explicit VR data set is first
+    counted by a streaming inflater that stops at `max_inflated_bytes`, since pydicom inflates
+    the whole data set in memory before it reads a single element."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    from cxrtriage.dicom.inspection import inflated_size  # pynetdicom: not for the decoder child
+
+    stream = BytesIO(data)
+    try:
+        read_preamble(stream, True)
+        syntax = str(_read_file_meta_info(stream).get("TransferSyntaxUID", ""))
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InvalidInputError(f"DICOM file cannot be parsed: {type(exc).__name__}",
+                                Reason.UNREADABLE_FILE) from exc
+    if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        inflated_size(stream.read, max_inflated_bytes)
+    return read_dataset(BytesIO(data), stop_before_pixels=True)

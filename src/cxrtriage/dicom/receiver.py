@@ -84,6 +84,7 @@ class ReceiverIndex(Protocol):
 @dataclass(frozen=True)
 class ReceiverLimits:
     max_instance_bytes: int = 256 * 1024 * 1024
+    max_decoded_bytes: int = 256 * 1024 * 1024
     max_associations: int = 10
     max_pending_connections: int = 20  # not yet associated, from all peers ...
     max_pending_per_peer: int = 4  # ... and from one address
@@ -379,7 +380,8 @@ class Receiver:
             return self._reject(event, assoc_id, OUT_OF_RESOURCES, reason, None, safe_uid)
         transfer_syntax = str(event.context.transfer_syntax)
         inspection = inspect_file(spooled, transfer_syntax, str(request.AffectedSOPClassUID),
-                                  request_uid, self.limits.max_instance_bytes)
+                                  request_uid, self.limits.max_instance_bytes,
+                                  self.limits.max_decoded_bytes)
         ds = inspection.dataset
         if inspection.status != SUCCESS or ds is None:
             kept = spooled if inspection.status not in (OUT_OF_RESOURCES, LIMIT_EXCEEDED) else None

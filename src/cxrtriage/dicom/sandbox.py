@@ -43,7 +43,7 @@ from cxrtriage.domain import Reason
 logger = logging.getLogger(__name__)
 Decoded = tuple[np.ndarray | None, str, str]  # image, or the coded reason and message it has none
 START_SECONDS = 60.0  # a child's imports, on a loaded machine; apart from a file's time limit
-_DTYPES = {"float32": np.dtype(np.float32), "uint8": np.dtype(np.uint8)}
+_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "uint8": np.dtype(np.uint8)}
 # Single-threaded numeric libraries: one decode per child, and no per-thread arenas to reserve.
 _CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -189,13 +189,14 @@ class Child:
                 raise ChildDied()
             return None, reason, str(header.get("message", ""))[:500]
         shape, dtype = header.get("shape"), _DTYPES.get(str(header.get("dtype")))
-        expected = (2, "float32") if mode == "gray" else (3, "uint8")
+        expected = (3, "uint8") if mode == "rgb8" else (2, "float32")
         if (dtype is None or dtype.name != expected[1] or not isinstance(shape, list)
                 or len(shape) != expected[0] or not all(isinstance(n, int) and n > 0 for n in shape)
                 or (mode == "rgb8" and shape[-1] != 3) or shape[0] * shape[1] > MAX_PIXELS):
             raise ChildDied()  # not an answer this child could honestly give
         pixels = np.empty(shape, dtype=dtype)
-        _read(self.process.stdout.fileno(), pixels.nbytes, deadline, memoryview(pixels).cast("B"))
+        view = memoryview(pixels.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        _read(self.process.stdout.fileno(), pixels.nbytes, deadline, view)
         return pixels, "", ""
 
 
@@ -265,6 +266,8 @@ class DecoderPool:
         finally:
             if child.retired:
                 child.kill()
+            elif child.process is None:
+                child.start()  # its replacement imports now, not in the next file's time
             idle.put(child)
 
     def shutdown(self) -> None:

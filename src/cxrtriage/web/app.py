@@ -1,8 +1,11 @@
 """The review app: worklist, study pages with image and heatmap, feedback, the monitoring
 dashboard, "try an image", the audit log, the JSON API and /metrics.
 
-`require_user` guards every route of the `protected` router; only /healthz, /metrics, the
-sign-in form and the static files are outside it."""
+The gate (web/auth.py) and `require_user` guard every route of the `protected` router; only
+/healthz, /metrics, the sign-in form and the static files are outside it. Around the routes, pure
+ASGI middleware, outermost first: security headers, the body limit (web/limits.py), the gate.
+Routes that do blocking work (the database, decoding, inference) are plain `def`s, which FastAPI
+runs in its thread pool; the `async def` ones hand such work to it."""
 
 from __future__ import annotations
 
@@ -23,40 +26,41 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartParser
 
 from cxrtriage.config import Settings
-from cxrtriage.db.accounts import authenticate, close_session, open_session
-from cxrtriage.db.models import SrExport
+from cxrtriage.db.accounts import close_session, close_windows, open_session
+from cxrtriage.db.models import SrExport, User
 from cxrtriage.db.monitoring import model_stats
 from cxrtriage.db.review import NoResultError, audit, audit_events, feedback_history, give_feedback, iso
-from cxrtriage.db.review import recent_failures as recent_login_failures
 from cxrtriage.db.session import Database
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.web import views
 from cxrtriage.web.auth import (
     COOKIE,
     CSRF_FIELD,
+    AuthGate,
     CsrfRejected,
     Forbidden,
     LoginRequired,
+    Passwords,
     Principal,
+    Refusal,
     Unauthorized,
     client_of,
     require_admin,
     require_user,
 )
+from cxrtriage.web.headers import SecurityHeaders
 from cxrtriage.web.imaging import TryImage, render_heatmap, render_instance
+from cxrtriage.web.limits import BodyLimit
 from cxrtriage.web.metrics import registry_for
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 LOGIN_CSRF_COOKIE = "cxrtriage_login_csrf"
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                               "frame-ancestors 'none'; form-action 'self'",
-}
+MULTIPART_OVERHEAD = 65536  # "try an image": boundaries, part headers and the CSRF field
 
 
 class FeedbackIn(BaseModel):
@@ -69,6 +73,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
     app.state.try_image = TryImage(settings.model)
+    passwords = Passwords(app.state.db, settings)
     registry = registry_for(app.state.db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["pct"] = lambda v: "–" if v is None else f"{v:.0%}"
@@ -88,20 +93,11 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return templates.TemplateResponse(request, template, {"data": data, "user": user,
                                                               "csrf_field": CSRF_FIELD}, status_code=status)
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        # Refuse oversized bodies before anything parses them (an upload could otherwise spill
-        # to a temporary file): "try an image" up to its limit, every other request up to 1 MiB.
-        limit = settings.web_max_upload_bytes + 65536 if request.url.path == "/try" else 1 << 20
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > limit:
-            return JSONResponse({"detail": "request body too large"}, status_code=413)
-        response: Response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    def body_limit(path: str) -> int:
+        """ "Try an image" up to its upload limit, every other request up to web_max_body_bytes."""
+        if path == "/try":
+            return settings.web_max_upload_bytes + MULTIPART_OVERHEAD
+        return settings.web_max_body_bytes
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _: Exception) -> Response:
@@ -144,29 +140,25 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return response
 
     @app.post("/login")
-    def login(request: Request, username: str = Form(""), password: str = Form(""),  # noqa: B008
-              csrf_token: str = Form(""), next: str = Form("/"),  # noqa: B008
-              session: Session = Depends(get_session)) -> Response:  # noqa: B008
+    async def login(request: Request, username: str = Form(""), password: str = Form(""),  # noqa: B008
+                    csrf_token: str = Form(""), next: str = Form("/")) -> Response:  # noqa: B008
+        """The same throttle and audit path as HTTP Basic (Passwords.check)."""
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not expected or not hmac.compare_digest(expected, csrf_token):
             raise CsrfRejected()
-        client = client_of(request)
         data = {"next": _safe_next(next), "login_csrf": expected, "error": ""}
-        if recent_login_failures(session, username, client, settings.web_login_window_seconds) \
-                >= settings.web_login_attempts:
-            audit(session, "login_throttled", username, client=client)
-            session.commit()
+        found = await passwords.check(username, password, client_of(request), via="form")
+        if isinstance(found, Refusal) and found.status == 429:
             data["error"] = "Too many failed sign-ins. Wait a few minutes and try again."
-            return page(request, "login.html", data, status=429)
-        user = authenticate(session, username, password)
-        if user is None:
-            audit(session, "login_failed", username, client=client)
-            session.commit()
+            refused = page(request, "login.html", data, status=429)
+            refused.headers["Retry-After"] = str(found.retry_after)
+            return refused
+        if isinstance(found, Refusal):
             data["error"] = "Wrong name or password, or the account is disabled."
             return page(request, "login.html", data, status=401)
-        token, _ = open_session(session, user, settings.web_session_hours)
-        audit(session, "login", user.username, client=client)
-        session.commit()  # before the browser follows the redirect with its new cookie
+        # committed before the browser follows the redirect with its new cookie
+        token = await run_in_threadpool(_open_session, request.app.state.db, found.id,
+                                        settings.web_session_hours)
         response = RedirectResponse(_safe_next(next), status_code=303)
         _set_cookie(request, response, COOKIE, token, max_age=int(settings.web_session_hours * 3600))
         response.delete_cookie(LOGIN_CSRF_COOKIE)
@@ -296,10 +288,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return page(request, "try.html", {"result": None, "error": ""})
 
     @protected.post("/try", response_class=HTMLResponse)
-    async def try_image(request: Request, file: UploadFile,
-                        user: Principal = Depends(require_user)) -> Response:  # noqa: B008
-        data = await file.read(settings.web_max_upload_bytes + 1)
-        await file.close()
+    def try_image(request: Request, file: UploadFile,
+                  user: Principal = Depends(require_user)) -> Response:  # noqa: B008
+        """A plain `def`: decoding, model loading and inference run in the thread pool, never on
+        the event loop. The body limit has bounded the upload before this runs."""
+        data = file.file.read(settings.web_max_upload_bytes + 1)
+        file.file.close()
         if len(data) > settings.web_max_upload_bytes:
             return page(request, "try.html", {"result": None, "error": "The file is too large."}, status=413)
         try:
@@ -315,17 +309,15 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     @protected.get("/audit", response_class=HTMLResponse)
     def audit_page(request: Request, offset: int = 0, _: Principal = Depends(require_admin),  # noqa: B008
                    session: Session = Depends(get_session)) -> Response:  # noqa: B008
-        return page(request, "audit.html", _audit_data(session, offset))
+        return page(request, "audit.html", _audit_data(session, offset, settings.web_login_window_seconds))
 
     @protected.get("/api/audit")
     def audit_api(offset: int = 0, _: Principal = Depends(require_admin),  # noqa: B008
                   session: Session = Depends(get_session)) -> Response:  # noqa: B008
-        return JSONResponse(_audit_data(session, offset))
+        return JSONResponse(_audit_data(session, offset, settings.web_login_window_seconds))
 
     def _give(session: Session, study_uid: str, user: Principal, verdict: str, comment: str,
               client: str) -> int:
-        from cxrtriage.db.models import User
-
         row = session.get(User, user.id)
         if row is None:
             return 401
@@ -343,11 +335,27 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return 201 if first else 200
 
     app.include_router(protected)
+    # add_middleware wraps what is there: the last added is the outermost.
+    app.add_middleware(AuthGate, db=app.state.db, passwords=passwords)
+    app.add_middleware(BodyLimit, limit_for=body_limit)
+    app.add_middleware(SecurityHeaders, hsts_seconds=settings.web_hsts_seconds)
     return app
 
 
-def _audit_data(session: Session, offset: int) -> dict[str, Any]:
-    """The append-only audit log, with SR exports (recorded by the workers) alongside."""
+def _open_session(db: Database, user_id: int, hours: float) -> str:
+    with db.session() as session:
+        user = session.get(User, user_id)
+        if user is None:  # removed between the password check and now
+            raise LoginRequired()
+        token, _ = open_session(session, user, hours)
+    return token
+
+
+def _audit_data(session: Session, offset: int, window_seconds: float) -> dict[str, Any]:
+    """The append-only audit log, with SR exports (recorded by the workers) alongside. Sign-in
+    failure windows that have passed are summarised into the log first, so the page is complete."""
+    if close_windows(session, window_seconds):
+        session.commit()
     events = audit_events(session, limit=200, offset=max(offset, 0))
     exports = session.query(SrExport).filter(SrExport.sent_at.is_not(None)).order_by(
         SrExport.sent_at.desc()).limit(50).all()

@@ -1,6 +1,10 @@
 """Pictures for the browser, rendered on the server with the model's own grayscale pipeline
 (modality LUT, VOI, MONOCHROME1 inversion) and square framing, so the heat map, computed on
-that frame, lines up with the image exactly."""
+that frame, lines up with the image exactly.
+
+Every pixel decode (stored images, stored heat maps, uploads to "try an image") runs in a child
+process under a memory and a time limit (dicom/sandbox.py), never in the app: a hostile file
+costs its own request only. `configure_decoding` sets the children's count and limits."""
 
 from __future__ import annotations
 
@@ -15,13 +19,47 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cxrtriage.dicom.preprocess import dataset_to_gray
-from cxrtriage.dicom.reading import read_dataset
+from cxrtriage.dicom.reading import read_upload_header
+from cxrtriage.dicom.sandbox import DecodeLimits, DecoderPool
+from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
-from cxrtriage.models.model_input import fit_to_square, image_file_to_gray
+from cxrtriage.models.model_input import fit_to_square
 
 logger = logging.getLogger(__name__)
 DISPLAY_SIZE = 1024
+_pool_lock = threading.Lock()
+_pool: DecoderPool | None = None
+
+
+def configure_decoding(processes: int = 2, limits: DecodeLimits | None = None) -> None:
+    """The app's decoder children (from CXRTRIAGE_DECODE_PROCESSES and the decode limits);
+    started on first use. Until called, two children under the default limits."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown()
+        _pool = DecoderPool(processes, limits)
+
+
+def _decoder() -> DecoderPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = DecoderPool(2)
+        return _pool
+
+
+def _image(decoded: tuple[np.ndarray | None, str, str]) -> np.ndarray:
+    """The decoded pixels, or the file's own reason as an InvalidInputError."""
+    pixels, reason, message = decoded
+    if pixels is None:
+        raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
+    return pixels
+
+
+def decode_gray(path: str) -> np.ndarray:
+    """A stored image through the grayscale pipeline, decoded in a child."""
+    return _image(_decoder().decode(path))
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -36,7 +74,7 @@ def gray_png(gray: np.ndarray) -> bytes:
 
 @lru_cache(maxsize=32)
 def _render(path: str, _mtime: float, size: int) -> bytes:
-    return gray_png(fit_to_square(dataset_to_gray(read_dataset(path)), size))
+    return gray_png(fit_to_square(decode_gray(path), size))
 
 
 def render_instance(path: str, size: int = DISPLAY_SIZE) -> bytes:
@@ -66,10 +104,7 @@ def heat_rgba(cam: np.ndarray, size: int = DISPLAY_SIZE) -> bytes:
 
 @lru_cache(maxsize=32)
 def _heat_from_file(path: str, _mtime: float, size: int) -> bytes:
-    ds = read_dataset(path)
-    rgb = np.asarray(ds.pixel_array)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise InvalidInputError(f"heatmap image must be RGB, got shape {rgb.shape}")
+    rgb = _image(_decoder().decode(path, mode="rgb8"))  # the child checks it is 8-bit RGB
     return heat_rgba(cam_from_overlay(rgb), size)
 
 
@@ -124,7 +159,7 @@ class TryImage:
     @lru_cache(maxsize=16)  # noqa: B019 - one TryImage per app, kept for the app's life
     def _heatmap(self, path: str, _mtime: float, size: int) -> bytes:
         classifier = self.classifier()
-        image = fit_to_square(dataset_to_gray(read_dataset(path)), classifier.manifest.input_size)
+        image = fit_to_square(decode_gray(path), classifier.manifest.input_size)
         with self._lock:
             _, cams = classifier.predict_with_heatmaps([""], image[np.newaxis])
         return heat_rgba(cams[0], size)
@@ -135,11 +170,11 @@ class TryImage:
         classifier = self.classifier()
         remark = ""
         if len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom")):
-            ds = read_dataset(BytesIO(data))
+            ds = read_upload_header(data, _decoder().limits.max_decoded_bytes)  # for the gate
             remark = note(gate(ds, classifier.manifest))  # the worker's gate, age warning included
-            gray = dataset_to_gray(ds)
+            gray = _image(_decoder().submit_data(data).result())
         else:
-            gray = image_file_to_gray(BytesIO(data))  # type: ignore[arg-type]
+            gray = _image(_decoder().submit_data(data, mode="picture").result())
         with self._lock:  # one inference at a time: the model is shared
             image = fit_to_square(gray, classifier.manifest.input_size)
             preds, cams = classifier.predict_with_heatmaps(["upload"], image[np.newaxis])

@@ -1,8 +1,13 @@
-"""`cxrtriage web`: the review app under uvicorn, logging through the project's JSON logging."""
+"""`cxrtriage web`: the review app under uvicorn, logging through the project's JSON logging.
+
+With CXRTRIAGE_WEB_TLS_CERTIFICATE and _KEY, uvicorn serves HTTPS itself; otherwise it serves
+plain HTTP, which production allows only on loopback or behind a TLS proxy that is the only way
+in (CXRTRIAGE_WEB_TLS_PROXY, checked when the settings load)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from cxrtriage.config import Settings
 
@@ -17,6 +22,17 @@ class _PlainUvicorn(logging.Filter):
         return True
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's keyword arguments for these settings (also used by the tests and the benchmark)."""
+    options: dict[str, Any] = {
+        "host": settings.web_host, "port": settings.web_port, "log_config": None, "proxy_headers": True,
+        "forwarded_allow_ips": settings.web_forwarded_allow_ips, "server_header": False, "access_log": True,
+    }
+    if settings.web_tls_certificate and settings.web_tls_key:
+        options.update(ssl_certfile=str(settings.web_tls_certificate), ssl_keyfile=str(settings.web_tls_key))
+    return options
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -27,7 +43,7 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_PlainUvicorn())
-    logger.info("review app listening", extra={"host": settings.web_host, "port": settings.web_port})
-    uvicorn.run(app, host=settings.web_host, port=settings.web_port, log_config=None,
-                proxy_headers=True, forwarded_allow_ips=settings.web_forwarded_allow_ips,
-                server_header=False, access_log=True)
+    options = uvicorn_options(settings)
+    logger.info("review app listening", extra={"host": settings.web_host, "port": settings.web_port,
+                                               "tls": "ssl_certfile" in options})
+    uvicorn.run(app, **options)

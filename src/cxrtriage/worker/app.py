@@ -10,6 +10,7 @@ from celery.signals import task_postrun, task_prerun, worker_process_init
 
 from cxrtriage.config import Settings
 from cxrtriage.logs import job_id
+from cxrtriage.worker.broker import TRANSPORT
 from cxrtriage.worker.runtime import configure_runtime, reset_runtime
 
 QUEUE = "cxrtriage"
@@ -58,8 +59,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
       version replace earlier ones, and an SR with the same UID is exported once.
     - task_ignore_result: results live in the database; no result backend is needed.
     - JSON only: task arguments are ids and UIDs, never datasets (and no pickle from the broker).
+    - broker_transport (filesystem:// only): kombu's filesystem transport, writing each message
+      whole before it can be taken; kombu's own can hand a consumer an empty file (worker/broker.py).
     """
+    transport = {"broker_transport": TRANSPORT} if settings.broker_url.startswith("filesystem") else {}
     return {
+        **transport,
         "broker_url": settings.broker_url,
         "broker_transport_options": broker_options(settings),
         "broker_connection_retry_on_startup": True,

@@ -28,7 +28,7 @@ from cxrtriage.db.results import record_export, save_predictions
 from cxrtriage.db.studies import finish_study, release_claim, update_series_states
 from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES
 from cxrtriage.dicom.heatmap_writer import build_heatmap, heatmap_uids
-from cxrtriage.dicom.reading import read_dataset
+from cxrtriage.dicom.reading import read_verified
 from cxrtriage.dicom.sr_header import clean_header
 from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
 from cxrtriage.domain import (
@@ -43,10 +43,11 @@ from cxrtriage.domain import (
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.examine import Examined, gate, prepare
 from cxrtriage.models.model_input import PREPROCESSING_VERSION
-from cxrtriage.worker.prefetch import Decoded
+from cxrtriage.worker.prefetch import Ahead, Decoded, pool_for
 from cxrtriage.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+Failure = tuple[Reason, str]  # a file's coded reason and its message
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class StudyRun:
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # by instance id, [S, S] in [0, 1]
     batched: tuple[list[Prediction], np.ndarray | None] | None = None  # its share of a joint pass
     decoding: dict[int, Future[Decoded]] = field(default_factory=dict)  # by instance id, in the pool
+    ahead: Ahead | None = None  # hands the batch's images to the decoder children (decode_ahead)
     reason: Reason | None = None  # set once the study cannot be analysed
     state: StudyState | None = None
     minimal_headers: bool = False
@@ -84,14 +86,14 @@ class StudyRun:
 
 
 def read_and_gate(rt: Runtime, run: StudyRun) -> None:
-    """Read every stored file of the study and decide which images the model may see. A study
-    whose images name different patients is not analysed at all."""
+    """Read every stored file's header (its sha256 checked against the index; no pixels) and
+    decide which images the model may see. A study naming different patients is not analysed."""
     manifest = rt.classifier.manifest
     for ref in run.claim.instances:
         try:
-            ds = read_dataset(ref.path, stop_before_pixels=run.reason is not None)
+            ds = read_verified(ref.path, ref.sha256, stop_before_pixels=True)
         except InvalidInputError as exc:
-            run.items.append((ref, Examined(failed=exc.reason)))
+            run.items.append((ref, Examined(failed=exc.reason, detail=str(exc))))
             continue
         run.items.append((ref, gate(ds, manifest)))
     if run.reason is None and len({str(h.get("PatientID", "")) for _, h in run.headers}) > 1:
@@ -99,13 +101,13 @@ def read_and_gate(rt: Runtime, run: StudyRun) -> None:
 
 
 def preprocess(rt: Runtime, run: StudyRun) -> None:
-    """Each accepted image's model input; the decoded pixels are then let go, so a batch of
+    """Each accepted image's model input, from the image its decoder child returned; a batch of
     studies holds only the small model inputs and the headers the report needs."""
     if run.reason:
         return
     for ref, item in run.items:
         if item.header is not None and item.reason is None:
-            gray, failed = _decoded(run, ref.instance_id)
+            gray, failed = _decoded(rt, run, ref)
             if failed is not None:
                 item.failed, item.detail = failed
             else:
@@ -114,31 +116,24 @@ def preprocess(rt: Runtime, run: StudyRun) -> None:
             del item.header.PixelData
 
 
-def _decoded(run: StudyRun, instance_id: int) -> tuple[np.ndarray | None, tuple[Reason, str] | None]:
-    """The pool's grayscale image, or its coded failure; (None, None): decode here instead."""
-    future = run.decoding.pop(instance_id, None)
-    if future is None:
-        return None, None
-    try:
-        gray, reason, detail = future.result()
-    except Exception as exc:  # the pool broke (a process died): this worker decodes it itself
-        logger.warning("pool decoding failed; decoding in the worker",
-                       extra={"study_uid": run.claim.study_uid, "error": type(exc).__name__})
-        return None, None
+def _decoded(rt: Runtime, run: StudyRun, ref: InstanceRef) -> tuple[np.ndarray | None, Failure | None]:
+    """The child's grayscale image, or the file's coded failure; never decoded in this process."""
+    ahead = run.ahead or Ahead(pool_for(rt))
+    future = ahead.take(run.decoding, ref.instance_id, ref.path, ref.sha256)
+    gray, reason, detail = future.result()  # PoolClosed or CancelledError: the worker is stopping
     return (gray, None) if gray is not None else (None, (Reason(reason), detail))
 
 
 def decode_ahead(rt: Runtime, runs: list[StudyRun]) -> None:
-    """Start decoding every accepted image of the batch in the decoder pool, so that they decode
-    on every core while the worker prepares them in order (see worker/prefetch.py)."""
+    """Hand every accepted image of the batch to the decoder children, so that they decode on
+    every core while the worker prepares them in order (see worker/prefetch.py)."""
     wanted = [(run, ref) for run in runs if not run.reason
               for ref, item in run.items if item.header is not None and item.reason is None]
-    pool = rt.decoder_pool if len(wanted) > 1 else None  # one image: no gain from a hand-off
-    if pool is None:
-        return
+    ahead = Ahead(pool_for(rt))
     for run, ref in wanted:
-        if (future := pool.submit(ref.path)) is not None:
-            run.decoding[ref.instance_id] = future
+        run.ahead = ahead
+        ahead.add(run.decoding, ref.instance_id, ref.path, ref.sha256)
+    ahead.fill()
 
 
 def classify(rt: Runtime, run: StudyRun) -> None:

@@ -1,68 +1,79 @@
-"""Decoding a batch's images in other processes, so that they decode on every core.
+"""The worker's decoder pool: every image of a batch is decoded in a child process.
 
-OpenJPEG, the JPEG 2000 decoder, holds the GIL: threads decode no faster than one. The pool's
-processes are spawned (never forked: a GPU worker must not fork after CUDA starts), import only
-the torch-free DICOM modules, and return each file's grayscale image or its coded reason; the
-worker then resizes and classifies. A pool that breaks (a process killed) is replaced, and the
-images it held decode in the worker itself: a broken pool costs time, never a study.
+The children (dicom/sandbox.py) are spawned fresh interpreters, never forks (a GPU worker must
+not fork after CUDA starts), each under CXRTRIAGE_DECODE_MEMORY_BYTES of address space and
+CXRTRIAGE_DECODE_TIMEOUT_SECONDS a file. They verify each file's sha256 against the index, and
+return its grayscale image or its coded reason; the worker then resizes and classifies. A file
+that kills or exhausts its child costs only its own image: the child is replaced, and every
+other file of the batch is decoded as usual. Nothing is decoded in the worker process itself,
+whatever CXRTRIAGE_DECODE_PROCESSES says (0 means one child).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import threading
-import warnings
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
-import numpy as np
+from cxrtriage.config import Settings
+from cxrtriage.dicom.sandbox import Decoded, DecodeLimits
+from cxrtriage.dicom.sandbox import DecoderPool as _SandboxPool
 
-from cxrtriage.dicom.preprocess import dataset_to_gray
-from cxrtriage.dicom.reading import read_dataset
-from cxrtriage.errors import InvalidInputError
+if TYPE_CHECKING:
+    from cxrtriage.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-Decoded = tuple[np.ndarray | None, str, str]  # image, or the coded reason and message it has none
+__all__ = ["Ahead", "Decoded", "DecoderPool", "limits_for", "pool_for"]
 
 
-def _quiet() -> None:
-    """Pool processes log nothing: pydicom's warnings would quote patient values, and the worker
-    logs each outcome with UIDs only."""
-    warnings.simplefilter("ignore")
-    logging.disable(logging.CRITICAL)
+def limits_for(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(memory_bytes=settings.decode_memory_bytes,
+                        timeout_seconds=settings.decode_timeout_seconds,
+                        max_decoded_bytes=settings.max_decoded_bytes)
 
 
-def decode_file(path: str) -> Decoded:
-    try:
-        return dataset_to_gray(read_dataset(path)), "", ""
-    except InvalidInputError as exc:  # its reason travels as a code: exceptions pickle badly
-        return None, exc.reason.value, str(exc)
+class DecoderPool(_SandboxPool):
+    """The sandbox pool, sized and limited from the settings when it is given them."""
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> DecoderPool:
+        return cls(settings.decode_processes, limits_for(settings))
 
 
-class DecoderPool:
-    """A lazily started pool of spawned processes."""
+def pool_for(rt: Runtime) -> DecoderPool:
+    """The runtime's pool (CXRTRIAGE_DECODE_PROCESSES=0 gets one child: in-process decoding no
+    longer exists)."""
+    return rt.decoder_pool
 
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
-        self._executor: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
 
-    def submit(self, path: str) -> Future[Decoded] | None:
-        """The decoding under way, or None when the pool cannot take it (decode in-process)."""
-        with self._lock:
-            try:
-                if self._executor is None:
-                    self._executor = ProcessPoolExecutor(
-                        self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet)
-                return self._executor.submit(decode_file, path)
-            except RuntimeError:  # broken (a process died): start a new pool next time
-                logger.warning("decoder pool broken; replacing it")
-                self._executor.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
-                self._executor = None
-                return None
+class Ahead:
+    """A batch's images handed to the children in order, at most `window` ahead of the worker's
+    use: every child stays busy, while the worker holds only a few decoded images at a time (a
+    batch of legal-but-giant images would otherwise all wait, decoded, in memory)."""
 
-    def shutdown(self) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+    def __init__(self, pool: DecoderPool, window: int | None = None) -> None:
+        self.pool = pool
+        self.window = window or pool.processes + 1
+        self._pending: deque[tuple[dict[int, Future[Decoded]], int, str, str]] = deque()
+        self._outstanding = 0
+
+    def add(self, decoding: dict[int, Future[Decoded]], key: int, path: str, sha256: str) -> None:
+        self._pending.append((decoding, key, path, sha256))
+
+    def fill(self) -> None:
+        while self._pending and self._outstanding < self.window:
+            decoding, key, path, sha256 = self._pending.popleft()
+            decoding[key] = self.pool.submit(path, sha256)
+            self._outstanding += 1
+
+    def take(self, decoding: dict[int, Future[Decoded]], key: int, path: str, sha256: str) -> Future[Decoded]:
+        """The decode of `key`, handed over now if it was not yet; the next ones are handed on."""
+        future = decoding.pop(key, None)
+        if future is not None:
+            self._outstanding -= 1
+        else:
+            self._pending = deque(p for p in self._pending if not (p[0] is decoding and p[1] == key))
+            future = self.pool.submit(path, sha256)
+        self.fill()
+        return future

@@ -39,11 +39,11 @@ class Runtime:
             return self._classifier
 
     @property
-    def decoder_pool(self) -> DecoderPool | None:
-        """Processes that decode a batch's images on every core; None when turned off."""
+    def decoder_pool(self) -> DecoderPool:
+        """The child processes that decode every image, under the settings' limits."""
         with self._lock:
-            if self._decoder_pool is None and self.settings.decode_processes > 0:
-                self._decoder_pool = DecoderPool(self.settings.decode_processes)
+            if self._decoder_pool is None:
+                self._decoder_pool = DecoderPool.for_settings(self.settings)
             return self._decoder_pool
 
     def close(self) -> None:

@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_export_batches
@@ -36,15 +35,14 @@ from cxrtriage.db.operations import (
     select_for_reprocessing,
     waiting_counts,
 )
-from cxrtriage.db.retention import mark_purged, purge_candidates
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import next_quiet_at, queue_quiet_studies, requeue_abandoned
-from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.worker.app import QUEUE, app
 from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
 from cxrtriage.worker.export import dispatch_hold_seconds
 from cxrtriage.worker.monitoring import SchedulerMetrics
 from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
+from cxrtriage.worker.retention import apply_retention
 
 logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -69,10 +67,12 @@ def sweep(db: Database, settings: Settings) -> Swept:
         logger.warning("associations expired: their receiver stopped vouching for them",
                        extra={"associations": expired})
     with db.session() as session:
-        studies = queue_quiet_studies(session, settings.study_quiet_seconds)
+        studies = queue_quiet_studies(session, settings.study_quiet_seconds,
+                                      max_hold_seconds=settings.max_association_hold_seconds)
         studies += requeue_abandoned(session, settings.processing_lease_seconds)
         exports = due_export_batches(session, hold_seconds=dispatch_hold_seconds(settings))
-        quiet_at = next_quiet_at(session, settings.study_quiet_seconds)
+        quiet_at = next_quiet_at(session, settings.study_quiet_seconds,
+                                 settings.max_association_hold_seconds)
     for uid in studies:
         enqueue_study(uid)
     for batch in exports:
@@ -86,32 +86,6 @@ def pause_seconds(settings: Settings, swept: Swept | None, now: datetime) -> flo
     if swept is not None and swept.next_quiet_at is not None:
         pause = min(pause, (swept.next_quiet_at - now).total_seconds() + MIN_PAUSE_SECONDS)
     return max(pause, MIN_PAUSE_SECONDS)
-
-
-def apply_retention(db: Database, settings: Settings, now: datetime | None = None) -> int:
-    """Remove image files of studies finished more than RETENTION_DAYS ago; keep SRs and results.
-    Files go first, then the mark: a crash in between leaves a study to be purged again."""
-    if settings.retention_days <= 0:
-        return 0
-    with db.session() as session:
-        candidates = purge_candidates(session, settings.retention_days, now)
-    purged = []
-    for study_id, paths in candidates.items():
-        try:
-            for path in paths:
-                Path(path).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.warning("retention could not remove a file", extra={"study_id": study_id,
-                                                                       "error": type(exc).__name__})
-            continue
-        purged.append(study_id)
-    with db.session() as session:
-        marked = mark_purged(session, purged)
-    store = InstanceStore(settings.storage_dir)
-    removed = store.clean_old_rejected(settings.retention_days * 86400.0)
-    if marked or removed:
-        logger.info("retention applied", extra={"studies_purged": marked, "rejected_removed": removed})
-    return marked
 
 
 NIGHTLY_JOB = "nightly-reprocess"
@@ -179,7 +153,8 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
     wake = wake or threading.Event()
     last_nightly: date | None = None
     nightly: threading.Thread | None = None
-    last_gauges = last_retention = 0.0
+    last_gauges = 0.0
+    last_retention = float("-inf")  # retention: a pass at start, then hourly
     while not stop.is_set():
         started = time.monotonic()
         swept = None
