@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     web_viewer_url: str = ""  # e.g. https://pacs/viewer?StudyInstanceUIDs={study_uid}
     web_escalation_minutes: float = Field(120.0, gt=0)  # unreviewed this long: moves up the worklist
     web_session_hours: float = Field(12.0, gt=0)
-    web_login_attempts: int = Field(5, ge=1)  # failed sign-ins per name or client ...
+    web_login_attempts: int = Field(5, ge=1)  # failed sign-ins per (name, address) pair ...
     web_login_window_seconds: float = Field(300.0, gt=0)  # ... within this window
     web_forwarded_allow_ips: str = "127.0.0.1"  # reverse proxies trusted for X-Forwarded-Proto/For
     web_max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     web_login_address_attempts: int = Field(0, ge=0)  # failures from one address, any name; 0: as above
     web_login_global_attempts: int = Field(50, ge=1)  # failures from everywhere in the window: then ...
     web_login_slowdown_seconds: float = Field(1.0, ge=0)  # ... failing addresses wait this long, in turn
-    web_password_checks: int = Field(2, ge=1)  # argon2 verifications at once (a core and 64 MiB each)
+    web_password_checks: int = Field(1, ge=1)  # argon2 verifications at once (4 lanes, 64 MiB each)
     web_tls_certificate: Path | None = None  # PEM; with the key, uvicorn itself serves HTTPS
     web_tls_key: Path | None = None
     web_tls_proxy: bool = False  # a TLS reverse proxy is the only way in (it sets X-Forwarded-Proto)

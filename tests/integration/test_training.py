@@ -58,6 +58,26 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert whole["loop"]["history"] == parts["loop"]["history"]
 
 
+def test_resume_with_a_weight_average_and_the_earliest_holdout_reproduces_a_whole_run(tmp_path):
+    cfg = _cfg(epochs=2, balance="sampler", augment=AugmentConfig(aspect=0.5, erase=0.5),
+               mixup_alpha=0.2, ema_decay=0.9, holdout="earliest", early_stopping_metric="none")
+    data = train(cfg, tmp_path / "whole", progress=False)
+    assert sorted({s.patient for s in data.val}) == ["im-0393", "im-0394", "p-person1161", "p-person1162"]
+    assert not {s.patient for s in data.train} & {s.patient for s in data.val}
+    train(cfg, tmp_path / "parts", progress=False, stop_after_epochs=1)
+    train(cfg, tmp_path / "parts", progress=False)
+    whole = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    parts = torch.load(tmp_path / "parts" / CHECKPOINT, weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(value, parts["model"][key]), key
+    assert whole["ema"]["steps"] == parts["ema"]["steps"] > 0
+    for key, value in whole["ema"]["weights"].items():
+        assert torch.equal(value, parts["ema"]["weights"][key]), key
+    assert whole["loop"]["history"] == parts["loop"]["history"]
+    kept = load_file(str(tmp_path / "whole" / BEST_WEIGHTS))
+    assert torch.equal(kept["fc.weight"], whole["ema"]["weights"]["fc.weight"]), "the average is kept"
+
+
 def test_package_loads_back_with_identical_predictions(tmp_path):
     cfg = _cfg(epochs=2)
     config_file = tmp_path / "train.toml"

@@ -11,6 +11,7 @@ import base64
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -407,7 +408,7 @@ def test_uvicorn_serves_https_with_the_apps_own_certificate(make_app, tmp_path: 
     options = {k: v for k, v in uvicorn_options(settings).items() if k.startswith("ssl_")}
     assert options == {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     with uvicorn_thread(app, **options) as port:
-        answer = httpx.get(f"https://{LOOPBACK}:{port}/login", verify=str(ca))
+        answer = httpx.get(f"https://{LOOPBACK}:{port}/login", verify=ssl.create_default_context(cafile=ca))
         assert answer.status_code == 200 and answer.headers["strict-transport-security"]
         cookie = answer.headers["set-cookie"]
         assert "Secure" in cookie

@@ -4,9 +4,13 @@ No vertical flips ever; horizontal flips are off by default because the heart is
 All randomness comes from an explicit generator so that a resumed run repeats itself.
 
 The acquisition terms (`aspect`, `response`, `window`, `resample`, `noise`; all off by default)
-mimic what the DICOM path does to a picture (see `shifted.py`): a non-square detector padded to a
-square by the serving code, a log or power detector response, a window that clips or leaves
-headroom, resampling to and from detector size, and quantisation or compression noise.
+mimic what the DICOM path does to a picture (see `shifted.py`): a picture stretched onto a
+non-square detector and squashed back to the square by the serving code (preprocessing versions
+2 and 3), a log or power detector response, a window that clips or leaves headroom, resampling
+to and from detector size, and quantisation or compression noise.
+
+`erase` (off by default) is random erasing: one rectangle of each chosen picture replaced by
+noise, a regulariser that keeps the network from leaning on any one region.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: float = 0.2
     hflip: bool = False
-    aspect: float = 0.0  # probability of an aspect ratio in [1/1.25, 1.25], padded (version 1 serving)
+    aspect: float = 0.0  # probability of an aspect ratio in [1/1.25, 1.25], stretched and squashed back
     response: float = 0.0  # probability of a log or exponential detector response
     window: float = 0.0  # probability of a random linear window (clipping or headroom)
     resample: float = 0.0  # probability of down- then up-sampling by 0.45-0.9
     noise: float = 0.0  # standard deviation of added Gaussian noise (0 = none)
+    erase: float = 0.0  # probability of erasing one rectangle (2-15% of the picture) with noise
 
 
 def _uniform(n: int, span: float, generator: torch.Generator) -> torch.Tensor:
@@ -64,19 +69,41 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     brightness = _uniform(n, cfg.brightness, generator).view(shape).to(images.device)
     out = _acquisition(out.clamp(0.0, 1.0), cfg, generator) ** gamma
     mean = out.mean(dim=(2, 3), keepdim=True)
-    return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+    out = ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+    return _erase(out, cfg.erase, generator) if cfg.erase > 0 else out
 
 
-def _pad_to_aspect(image: torch.Tensor, ratio: float) -> torch.Tensor:
-    """[1, H, W] squashed to width/height = `ratio`, then centred on black, as preprocessing
-    version 1 served non-square images (version 2 squashes them back to the square)."""
+def stretch_to_aspect(image: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[1, S, S] resampled to width/height = `ratio` (the longer side kept at S), then squashed
+    back to S x S: what serving makes of a picture stretched onto a non-square detector (versions
+    2 and 3). Padding to the aspect, which version 1 served, is trimmed away since version 3."""
     size = image.shape[-1]
     new_h, new_w = (size, max(1, round(size * ratio))) if ratio < 1 else (max(1, round(size / ratio)), size)
-    small = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
-                          antialias=True)[0]
-    out = torch.zeros_like(image)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[:, top : top + new_h, left : left + new_w] = small
+    if (new_h, new_w) == (size, size):
+        return image
+    stretched = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                              antialias=True)
+    return F.interpolate(stretched, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
+def _erase(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Random erasing: in each chosen picture one rectangle (2-15% of the area, aspect 0.3-3.3)
+    becomes uniform noise."""
+    n, _, height, width = images.shape
+    draws = torch.rand(n, 5, generator=generator)
+    noise = torch.rand(images.shape, generator=generator).to(images.device)
+    out = images.clone()
+    for i in range(n):
+        u = draws[i]
+        if u[0] >= probability:
+            continue
+        area = (0.02 + 0.13 * float(u[1])) * height * width
+        aspect = math.exp((float(u[2]) * 2 - 1) * math.log(3.3))
+        h = min(height, max(1, round(math.sqrt(area * aspect))))
+        w = min(width, max(1, round(math.sqrt(area / aspect))))
+        top, left = int(float(u[3]) * (height - h + 1)), int(float(u[4]) * (width - w + 1))
+        out[i, :, top : top + h, left : left + w] = noise[i, :, top : top + h, left : left + w]
     return out
 
 
@@ -91,7 +118,7 @@ def _acquisition(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
         u = draws[i]
         image = out[i]
         if u[0] < cfg.aspect:
-            image = _pad_to_aspect(image, math.exp((float(u[1]) * 2 - 1) * math.log(1.25)))
+            image = stretch_to_aspect(image, math.exp((float(u[1]) * 2 - 1) * math.log(1.25)))
         if u[2] < cfg.response:
             strength = 1.0 + 9.0 * float(u[3])  # log1p(a x) / log1p(a), a in [1, 10], or its inverse
             if u[3] < 0.5:

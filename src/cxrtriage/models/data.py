@@ -90,6 +90,63 @@ def split_by_patient(samples: list[Sample], val_fraction: float, seed: int,
     return train, val, test
 
 
+HOLDOUTS = ("patients", "earliest")  # how a training config chooses its validation patients
+_NUMBERED = re.compile(r"^(p-person|n2-|im-)(\d+)$")
+_SERIES = {"p-person": "person", "n2-": "NORMAL2-IM", "im-": "IM"}
+
+
+def series_of(patient: str) -> tuple[str, int | None]:
+    """The acquisition series of a patient (`person`, `NORMAL2-IM`, `IM`, or `other`) and the
+    patient's number in it. The numbers run in the order the publisher assigned them."""
+    match = _NUMBERED.match(patient)
+    if not match:
+        return "other", None
+    return _SERIES[match.group(1)], int(match.group(2))
+
+
+def split_earliest(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Train/validation with each series' lowest-numbered patients held out, until they hold
+    `fraction` of the series' images (so the validation keeps the training prior).
+
+    The withheld official test split sits below the training data's numbers: the training
+    normals start at IM-0115 and NORMAL2-IM-0383, and person numbers 100-300 are thinly
+    populated. Holding out the earliest remaining patients of every series gives a validation
+    whose patients are neighbours in acquisition order of the withheld ones, and whose whole
+    batches (not random patients among them) are unseen in training. Patients outside the
+    known series are ordered by name."""
+    by_patient: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_patient[s.patient].append(s)
+    by_series: dict[str, list[tuple[int | None, str]]] = defaultdict(list)
+    for patient in by_patient:
+        series, number = series_of(patient)
+        by_series[series].append((number, patient))
+    held: set[str] = set()
+    for _, patients in sorted(by_series.items()):
+        patients.sort(key=lambda item: (item[0] if item[0] is not None else -1, item[1]))
+        target = round(sum(len(by_patient[p]) for _, p in patients) * fraction)
+        count = 0
+        for _, patient in patients:
+            if count >= target:
+                break
+            held.add(patient)
+            count += len(by_patient[patient])
+    train = [s for s in samples if s.patient not in held]
+    val = [s for s in samples if s.patient in held]
+    return train, val
+
+
+def holdout_split(samples: list[Sample], holdout: str, fraction: float,
+                  seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Train and validation samples for a training config's `holdout` kind."""
+    if holdout == "earliest":
+        return split_earliest(samples, fraction)
+    if holdout == "patients":
+        train, val, _ = split_by_patient(samples, fraction, seed)
+        return train, val
+    raise InvalidInputError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
+
+
 def load_cached(samples: list[Sample], size: int, cache_dir: str | Path) -> np.ndarray:
     """[N, size, size] float16 images in [0, 1], decoded once through the serving preprocessing."""
     key = hashlib.sha1(

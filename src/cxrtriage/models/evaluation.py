@@ -13,14 +13,14 @@ from tqdm import tqdm
 
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models import metrics, plots, shifted
-from cxrtriage.models.data import Sample, discover, split_by_patient
+from cxrtriage.models.data import Sample, discover, holdout_split
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.model_input import fit_to_square, load_gray
 
 
-def holdout_samples(config_file: str | Path) -> list[Sample]:
-    """The validation patients of a training config: the same discovery, sampling and split as
-    `training.prepare_data`, without decoding anything."""
+def config_split(config_file: str | Path) -> tuple[list[Sample], list[Sample]]:
+    """The training and validation samples of a training config: the same discovery, sampling
+    and split as `training.prepare_data`, without decoding anything."""
     from cxrtriage.models.train_config import load_train_config
 
     cfg = load_train_config(config_file)
@@ -29,7 +29,19 @@ def holdout_samples(config_file: str | Path) -> list[Sample]:
         rng = np.random.default_rng(cfg.seed)
         samples = [samples[i] for i in sorted(rng.choice(len(samples), cfg.max_samples, replace=False))]
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    return split_by_patient(samples, cfg.val_fraction, split_seed)[1]
+    return holdout_split(samples, cfg.holdout, cfg.val_fraction, split_seed)
+
+
+def holdout_samples(config_file: str | Path) -> list[Sample]:
+    """The validation patients of a training config."""
+    return config_split(config_file)[1]
+
+
+def unseen_by(samples: list[Sample], config_files: list[str | Path]) -> list[Sample]:
+    """The samples that none of these training configs trained on: how to measure a package
+    on a holdout that overlaps its members' training data."""
+    trained = {s.path for config in config_files for s in config_split(config)[0]}
+    return [s for s in samples if s.path not in trained]
 
 
 def summarize(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -145,15 +157,21 @@ def _plots(output: Path, y: np.ndarray, probs: np.ndarray, summary: dict[str, An
 def evaluate_package(package: Path, data: Path, output: Path, fmt: str = "markdown",
                      training_log: str | None = None, holdout: str | Path | None = None,
                      shifted_variants: int = 0, shift_seed: int = 20261123,
-                     cache_dir: str | Path = ".cache") -> Path:
+                     cache_dir: str | Path = ".cache", field_shifts: str = "none",
+                     field: bool = False, unseen_by_configs: list[str] | None = None) -> Path:
     """`holdout` (a training config) limits `data` to that run's validation patients;
-    `shifted_variants` > 0 adds the shifted validation with that many recipes per image."""
+    `unseen_by_configs` drops what those configs trained on; `shifted_variants` > 0 adds the
+    shifted validation with that many recipes per image; `field` adds the groups and the
+    prior-shift check of `field_validation`, and a column per population shift in `field_shifts`
+    (comma-separated names, `all` or `none`)."""
     classifier = Classifier(package)
     m = classifier.manifest
     if holdout:
         samples = [s for s in holdout_samples(holdout) if s.label in m.labels]
     else:
         samples = [s for s in discover(data) if s.label in m.labels]
+    if unseen_by_configs:
+        samples = unseen_by(samples, list(unseen_by_configs))
     all_probs, skipped = score(classifier, [s.path for s in samples])
     keep = np.array([s.path not in set(skipped) for s in samples], dtype=bool)
     y = np.array([s.label == m.flag_label for s in samples], dtype=int)[keep]
@@ -165,6 +183,8 @@ def evaluate_package(package: Path, data: Path, output: Path, fmt: str = "markdo
     if log.is_file():
         images.append(plots.training_curves(output, json.loads(log.read_text())))
     source = f"the validation patients of {Path(holdout).name}" if holdout else data.name
+    if unseen_by_configs:
+        source += ", less the images " + ", ".join(Path(c).name for c in unseen_by_configs) + " trained on"
     notes = [f"Model {m.name} {m.version} on {source}: operating threshold {m.threshold:.4f} "
              f"({m.threshold_rule}); temperature {m.temperature:.3f}.",
              "Intervals are 95% percentile bootstrap intervals over images (1000 resamples)."]
@@ -189,6 +209,14 @@ def evaluate_package(package: Path, data: Path, output: Path, fmt: str = "markdo
         extra = ["", "## Shifted validation by factor", "",
                  "Change in p: the flag probability of the DICOM variant minus that of the same "
                  "picture read as a JPEG.", "", *_factor_markdown(table)]
+    if field:
+        from cxrtriage.models.field_validation import field_results, parse_shifts
+
+        kept = [s for s, k in zip(samples, keep, strict=True) if k]
+        results["field"], field_columns, field_lines = field_results(
+            classifier, kept, y, probs, data, parse_shifts(field_shifts), shift_seed, cache_dir)
+        columns += field_columns
+        extra += field_lines
     (output / "metrics.json").write_text(json.dumps(results, indent=2))
     title = f"Evaluation of {m.name} {m.version}"
     rel = [str(Path(i).relative_to(output)) for i in images]

@@ -118,8 +118,10 @@ def package_run(cfg: TrainConfig, run_dir: Path, output: Path, config_file: str 
                         "train_images": len(data.train), "val_images": len(data.val),
                         "train_patients": len({s.patient for s in data.train}),
                         "val_patients": len({s.patient for s in data.val}),
-                        "split": f"by patient, seed {split_seed}, {cfg.val_fraction:.0%} of patients "
-                                 "held out per label",
+                        "split": (f"by patient, seed {split_seed}, {cfg.val_fraction:.0%} of patients "
+                                  "held out per label") if cfg.holdout == "patients" else
+                                 (f"the earliest {cfg.val_fraction:.0%} of each series' patients "
+                                  "held out (by patient number)"),
                         "epochs_run": len(history), "best_epoch": _best_epoch(cfg, history),
                         "members": member_rows, "weights_dtype": "float16" if half else "float32",
                         "packaged_at": datetime.now(UTC).isoformat(timespec="seconds")},

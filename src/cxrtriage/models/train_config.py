@@ -10,6 +10,7 @@ from typing import Any
 from cxrtriage.errors import ConfigError
 from cxrtriage.models.architectures import ARCHITECTURES, MIN_INPUT_SIZE
 from cxrtriage.models.augment import AugmentConfig
+from cxrtriage.models.data import HOLDOUTS
 from cxrtriage.models.manifest import INPUT_NORMALISATIONS
 
 _CHOICES = {
@@ -20,6 +21,7 @@ _CHOICES = {
     "loss": {"ce", "focal"},
     "early_stopping_metric": {"auroc", "accuracy", "loss", "none"},  # none: keep the last epoch
     "input_normalisation": set(INPUT_NORMALISATIONS),
+    "holdout": set(HOLDOUTS),
 }
 
 
@@ -49,10 +51,12 @@ class TrainConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
+    ema_decay: float = 0.0  # >0: validate and keep an exponential moving average of the weights
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping_metric: str = "auroc"
     patience: int = 8
     val_fraction: float = 0.15
+    holdout: str = "patients"  # random patients (split_seed), or "earliest" of each series (data.py)
     seed: int = 20261123
     split_seed: int | None = None  # patient split; defaults to seed. Ensemble members share it.
     threshold_rule: str = "youden"
@@ -77,6 +81,8 @@ class TrainConfig:
         if self.input_size < smallest:
             raise ConfigError(f"input_size must be >= {smallest} for {self.architecture}, "
                               f"got {self.input_size}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
 

@@ -21,7 +21,8 @@ from cxrtriage.errors import ModelError
 from cxrtriage.models import metrics
 from cxrtriage.models.architectures import adapt_imagenet_state, build_model, head_module_name
 from cxrtriage.models.augment import augment_batch
-from cxrtriage.models.data import Sample, discover, load_cached, split_by_patient
+from cxrtriage.models.data import Sample, discover, holdout_split, load_cached
+from cxrtriage.models.ema import WeightAverage
 from cxrtriage.models.losses import FocalLoss, class_weights, soft_cross_entropy
 from cxrtriage.models.normalisation import network_input
 from cxrtriage.models.package import load_package
@@ -56,7 +57,7 @@ def prepare_data(cfg: TrainConfig, cache_dir: Path) -> Prepared:
     if cfg.flag_label not in labels:
         raise ModelError(f"flag_label {cfg.flag_label!r} is not among the data labels {labels}")
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    train, val, _ = split_by_patient(samples, cfg.val_fraction, split_seed)
+    train, val = holdout_split(samples, cfg.holdout, cfg.val_fraction, split_seed)
     index = {label: i for i, label in enumerate(labels)}
     return Prepared(labels, train, val, load_cached(train, cfg.input_size, cache_dir),
                     load_cached(val, cfg.input_size, cache_dir),
@@ -207,6 +208,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
         focal = FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing).to(device)
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "stale": 0, "history": []}
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -214,6 +216,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["loop"]
+        if average is not None:
+            average.load_state_dict(saved["ema"])
         logger.info("resumed", extra={"epoch": state["epoch"]})
 
     from torch.utils.tensorboard import SummaryWriter
@@ -251,11 +255,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update(model)
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
+        judged = average.averaged(model) if average is not None else model  # what would ship
         row = {"epoch": epoch + 1, "train_loss": total / seen,
-               "lr": optimizer.param_groups[0]["lr"], **validate(model, data, cfg, device, flag_index)}
+               "lr": optimizer.param_groups[0]["lr"], **validate(judged, data, cfg, device, flag_index)}
         for key, value in row.items():
             if key != "epoch":
                 writer.add_scalar(key, value, epoch + 1)
@@ -264,12 +271,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = 
         value = float(row.get(metric_key, epoch + 1))
         if _improved(cfg.early_stopping_metric, value, state["best"]):
             state.update(best=value, best_epoch=epoch + 1, stale=0)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in judged.state_dict().items()},
                       str(run_dir / BEST_WEIGHTS))
         else:
             state["stale"] += 1
-        _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "loop": state})
+        saved_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "loop": state}
+        if average is not None:
+            saved_state["ema"] = average.state_dict()
+        _save_checkpoint(checkpoint, saved_state)
         (run_dir / HISTORY).write_text(json.dumps(state["history"], indent=1))
         logger.info("epoch done", extra=row)
         done_this_call += 1

@@ -123,7 +123,8 @@ class Passwords:
     `slowdown` seconds in a single file (the slow lane: at most one such check per `slowdown`
     seconds from all of them together, and a name signing in from a clean address skips it);
     then argon2 runs in a thread of its own limiter, `checks` at a time, so a spray can take
-    neither the thread pool nor more than `checks` cores and 64 MiB each. The throttle is asked
+    neither the thread pool nor more than `checks` × 64 MiB (argon2-cffi's default parameters;
+    its four lanes already use four cores, which is why the default is one). The throttle is asked
     again inside the limiter, so concurrent guesses cannot all pass a lock that is closing."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
