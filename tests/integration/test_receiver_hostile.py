@@ -81,6 +81,17 @@ def _send_file(port: int, path: Path, syntax: str, called: str = "CXRTRIAGE") ->
     return (int(status.Status) if "Status" in status else None), aborted
 
 
+def _store_dataset(port: int, ds) -> int:  # type: ignore[no-untyped-def]
+    """C-STORE one data set as an honest modality would; the status it got."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE")
+    assert assoc.is_established
+    status = int(assoc.send_c_store(ds).Status)
+    assoc.release()
+    return status
+
+
 def _rejections(db: Database) -> list[tuple[int, str]]:
     with db.session() as session:
         return [(r.status, r.reason) for r in session.scalars(select(Rejection))]
@@ -128,12 +139,7 @@ def test_the_instance_limit_admits_its_own_size_and_refuses_one_byte_more(tmp_pa
     ds = radiograph()
     size = len(encode_dataset(ds))
     _, port = receive(ReceiverLimits(max_instance_bytes=size + spare, heartbeat_seconds=3600))
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
-    assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE")
-    assert assoc.is_established
-    status = int(assoc.send_c_store(ds).Status)
-    assoc.release()
+    status = _store_dataset(port, ds)
     assert status == expected
 
 
@@ -254,12 +260,7 @@ def test_an_error_escaping_the_handler_is_a_temporary_failure(tmp_path, receive)
 
     _, port = receive(watermark=VanishingVolume())
     ds = radiograph()
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
-    assoc = ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE")
-    assert assoc.is_established
-    status = int(assoc.send_c_store(ds).Status)
-    assoc.release()
+    status = _store_dataset(port, ds)
     assert status == OUT_OF_RESOURCES  # retryable; pynetdicom's own answer would be 0xC211
     wait_for(lambda: _spool_files(tmp_path) == [], 5, "the spool to be empty")
 
