@@ -146,7 +146,7 @@ def test_postgres_restart_during_ingest(stack: Stack) -> None:
     sender.join(timeout=200)
     assert "error" not in outcome, outcome.get("error")
     log = stack.receiver.log()  # type: ignore[union-attr]
-    assert "indexing failed" in log or "could not record" in log, "the outage missed the ingest"
+    assert "indexing or storing failed" in log or "could not record" in log, "the outage missed the ingest"
     acked = outcome["acked"]  # type: ignore[assignment]
     check_one_current_sr_each(stack, [str(s[0].StudyInstanceUID) for s in studies])
     check_acknowledged_are_kept(stack, acked)
