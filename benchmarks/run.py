@@ -30,6 +30,9 @@ Every measurement is printed beside a ratio to a reference measured in the same 
   pipeline's studies, unpaced, until none is queued or processing; GPU busy % from nvidia-smi.
   Reference: the floor on the same device, and the bare model at batch 64.
 - web: review app page times with BENCH_WEB_STUDIES studies (benchmarks/web.py).
+- hostile: what each attack costs the receiver (benchmarks/hostile.py), the decoder children
+  (benchmarks/hostile_pixels.py) and the review app (benchmarks/hostile_web.py), each beside an
+  honest sender or browser. Reference: that honest client on the idle server, and an honest image.
 
 Settings: the model is the one the pipeline would serve (CXRTRIAGE_MODEL, else the bundled
 package); everything else is the embedded default (SQLite, filesystem broker, default sweep).
@@ -41,7 +44,8 @@ Knobs (environment variables), defaults sized for about 10 minutes on a 2-core m
   BENCH_QUIET_SECONDS=1     CXRTRIAGE_STUDY_QUIET_SECONDS for the pipeline and latency
   BENCH_WEB_STUDIES=10000   studies seeded for the review app; 0 skips it
   BENCH_REPROCESS=auto      1 or 0 forces bulk reprocessing on or off (auto: only with CUDA)
-  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,decoders,model,web); default all
+  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,decoders,model,web,
+                            hostile); default all
   BENCH_KEEP=1              keep the work folder (server logs, files) and print where it is
 """
 
@@ -59,13 +63,24 @@ import pydicom
 import torch
 from pydicom.uid import ExplicitVRLittleEndian
 
-from benchmarks import corpus, decoders, floor, ingest, model, pipeline, web
+from benchmarks import (
+    corpus,
+    decoders,
+    floor,
+    hostile,
+    hostile_pixels,
+    hostile_web,
+    ingest,
+    model,
+    pipeline,
+    web,
+)
 from benchmarks.report import GpuSampler, Report, median, percentile
 from cxrtriage.config import load_settings
 from cxrtriage.models.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web")
+PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web", "hostile")
 
 
 def _int(name: str, default: int) -> int:
@@ -185,6 +200,9 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
                 report.add(f"web_{key}_median_ms", timing["median_ms"], 1)
             report.ratio("web_worklist_page1_to_metrics_ratio", pages["worklist_page1"]["median_ms"],
                          pages["metrics"]["median_ms"])
+
+        if "hostile" in only:
+            _hostile(report, work)
     finally:
         if os.environ.get("BENCH_KEEP") == "1":
             report.note(f"work folder kept: {work}")
@@ -252,6 +270,16 @@ def _pipeline(report: Report, work: Path, studies: list, latency_n: int, quiet: 
         service.stop()
     report.note(f"latency samples (s): {', '.join(f'{s:.2f}' for s in seconds)}; "
                 f"median {median(seconds):.2f}")
+
+
+def _hostile(report: Report, work: Path) -> None:
+    report.note("hostile: each attack beside an honest client; *_honest_ratio is that client's time "
+                "against the same request on the idle server")
+    for key, value in hostile.measure(work / "hostile").items():
+        report.add(key, value)
+    hostile_pixels.measure(report)
+    for key, value in hostile_web.measure().items():
+        report.add(key, value)
 
 
 def _ingest(report: Report, work: Path, count: int) -> None:
