@@ -15,6 +15,7 @@ from cxrtriage.errors import InvalidInputError
 from cxrtriage.models import metrics, plots, shifted
 from cxrtriage.models.data import Sample, discover, holdout_split
 from cxrtriage.models.inference import Classifier
+from cxrtriage.models.metrics import summarize
 from cxrtriage.models.model_input import fit_to_square, load_gray
 
 
@@ -42,18 +43,6 @@ def unseen_by(samples: list[Sample], config_files: list[str | Path]) -> list[Sam
     on a holdout that overlaps its members' training data."""
     trained = {s.path for config in config_files for s in config_split(config)[0]}
     return [s for s in samples if s.path not in trained]
-
-
-def summarize(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Every figure we report, at one threshold, with 95% bootstrap intervals."""
-    auroc, low, high = metrics.bootstrap_auroc(y, probs)
-    at = metrics.at_threshold(y, probs, threshold)
-    out: dict[str, Any] = {"n_images": int(len(y)), "n_positive": int(y.sum()),
-                           "auroc": auroc, "auroc_95ci": [low, high],
-                           "ece": metrics.expected_calibration_error(y, probs), **at.as_dict()}
-    for name in ("accuracy", "sensitivity", "specificity"):
-        out[f"{name}_95ci"] = list(metrics.bootstrap_metric(y, probs, threshold, name))
-    return out
 
 
 def score(classifier: Classifier, paths: list[str]) -> tuple[np.ndarray, list[str]]:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cxrtriage.models import metrics
 from cxrtriage.models.data import Sample, discover, series_of, split_earliest
+from cxrtriage.models.metrics import summarize
 from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray, trim_padding
 from cxrtriage.models.population_shift import POPULATION_SHIFT_VERSION, SHIFTS, apply_shift, shift_rng
 
@@ -195,7 +196,6 @@ def field_results(classifier: Classifier, samples: list[Sample], y: np.ndarray, 
                   ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[str]]:
     """Groups, prior shift and population-shift columns for the samples a report scored: the
     results for metrics.json, extra report columns, and Markdown lines."""
-    from cxrtriage.models.evaluation import summarize
 
     m = classifier.manifest
     flag_index = m.labels.index(m.flag_label)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -144,3 +145,15 @@ def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str) -> float
         ok = np.nonzero(tpr >= target)[0]
         return float(thresholds[ok[0]]) if len(ok) else float(thresholds[-1])
     raise ValueError(f"threshold rule must be 'youden' or 'sensitivity:<value>', got {rule!r}")
+
+
+def summarize(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Every figure we report, at one threshold, with 95% bootstrap intervals."""
+    auroc, low, high = bootstrap_auroc(y, probs)
+    at = at_threshold(y, probs, threshold)
+    out: dict[str, Any] = {"n_images": int(len(y)), "n_positive": int(y.sum()),
+                           "auroc": auroc, "auroc_95ci": [low, high],
+                           "ece": expected_calibration_error(y, probs), **at.as_dict()}
+    for name in ("accuracy", "sensitivity", "specificity"):
+        out[f"{name}_95ci"] = list(bootstrap_metric(y, probs, threshold, name))
+    return out

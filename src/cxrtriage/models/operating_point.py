@@ -25,9 +25,10 @@ import torch
 from cxrtriage.models import metrics
 from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
-from cxrtriage.models.evaluation import holdout_samples, summarize
+from cxrtriage.models.evaluation import holdout_samples
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.manifest import CARD_FILE, MANIFEST_FILE, Manifest, read_manifest
+from cxrtriage.models.metrics import summarize
 from cxrtriage.models.model_input import (
     PREPROCESSING_VERSION,
     fit_to_square,

@@ -21,9 +21,9 @@ from cxrtriage.models import metrics
 from cxrtriage.models.calibration import fit_temperature
 from cxrtriage.models.card import render_card
 from cxrtriage.models.data import Sample
-from cxrtriage.models.evaluation import summarize
 from cxrtriage.models.inference import Classifier
 from cxrtriage.models.manifest import MANIFEST_FILE, Manifest
+from cxrtriage.models.metrics import summarize
 from cxrtriage.models.model_input import PREPROCESSING_VERSION, fit_to_square, load_gray
 from cxrtriage.models.package import save_package
 from cxrtriage.models.train_config import TrainConfig
