@@ -15,12 +15,29 @@ class StudyState(enum.StrEnum):
     FAILED = "failed"
 
 
+# Where a study's processing has ended (until a new instance or a reprocessing reopens it).
+FINISHED: tuple[StudyState, ...] = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
+
+
 class InstanceState(enum.StrEnum):
     STORED = "stored"
     CLASSIFIED = "classified"
     SKIPPED = "skipped"
     FAILED = "failed"
     REJECTED = "rejected"
+
+
+class SeriesState(enum.StrEnum):
+    """A series is classified when any of its images was, else its images' common state, or
+    mixed; received until its study is first recorded."""
+
+    RECEIVED = "received"
+    STORED = "stored"
+    CLASSIFIED = "classified"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    MIXED = "mixed"
 
 
 class ExportKind(enum.StrEnum):

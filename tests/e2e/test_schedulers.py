@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from cxrtriage.db.models import Series, Study, utcnow
-from cxrtriage.db.operations import runs
+from cxrtriage.db.models import SchedulerRun, Series, Study, utcnow
 from cxrtriage.db.session import Database
 from tests.scrape import scrape, value
 from tests.servers import free_port, wait_for
@@ -64,7 +64,9 @@ def test_two_schedulers_dispatch_each_study_once_and_run_the_nightly_job_once(
 
     def nightly_done() -> list[dict]:  # type: ignore[type-arg]
         with db.session() as session:
-            done = runs(session, "nightly-reprocess")
+            rows = session.scalars(select(SchedulerRun).where(SchedulerRun.job == "nightly-reprocess")
+                                   .order_by(SchedulerRun.id))
+            done = [{"run_key": r.run_key, "studies": r.studies, "outcome": r.outcome} for r in rows]
         return done if done and done[0]["outcome"] == "ran" else []
 
     done = wait_for(nightly_done, 90, "the nightly run", interval=0.3)

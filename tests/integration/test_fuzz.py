@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxrtriage.dicom.contexts import DX_PRESENTATION
 from cxrtriage.dicom.gating import gate_image
 from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
-from cxrtriage.dicom.receiver import SUCCESS, inspect_payload
+from cxrtriage.dicom.receiver import SUCCESS, inspect_file
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.model_input import fit_to_square
 from tests.factory import radiograph
@@ -43,6 +48,20 @@ def _mutate(data: bytes, edits: list[tuple[int, int, int]], cut: int | None) -> 
     return bytes(out[:cut]) if cut is not None else bytes(out)
 
 
+def _spooled(work: Path, payload: bytes, syntax: str) -> Path:
+    """`payload` as pynetdicom spools a C-STORE data set: preamble and file meta, then the bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = SEED.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    fp = DicomBytesIO()
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    path = work / "cstore-fuzz"
+    path.write_bytes(fp.getvalue() + payload)
+    return path
+
+
 EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2**31), st.integers(0, 255)), max_size=12)
 CUTS = st.one_of(st.none(), st.integers(0, len(SEED_BYTES)))
 
@@ -51,7 +70,9 @@ CUTS = st.one_of(st.none(), st.integers(0, len(SEED_BYTES)))
 @given(edits=EDITS, cut=CUTS, syntax=st.sampled_from([ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
 def test_receiver_parse_never_crashes(edits, cut, syntax):
     payload = _mutate(SEED_BYTES, edits, cut)
-    result = inspect_payload(payload, syntax, DX_PRESENTATION, str(SEED.SOPInstanceUID), 10**8)
+    with tempfile.TemporaryDirectory() as work:
+        result = inspect_file(_spooled(Path(work), payload, syntax), syntax, DX_PRESENTATION,
+                              str(SEED.SOPInstanceUID), 10**8)
     assert isinstance(result.status, int) and (result.status == SUCCESS or result.reason)
 
 

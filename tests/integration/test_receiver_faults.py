@@ -84,7 +84,7 @@ def test_a_failed_close_record_is_retried_not_forgotten(tmp_path, db):
     try:
         files = write_study(tmp_path / "send", [radiograph()])
         assert storescu(port, files).returncode == 0
-        wait_for(lambda: not receiver._ids, 10, "the association to end")
+        wait_for(lambda: not receiver.associations.open_ids(), 10, "the association to end")
         [row] = _associations(db)
         assert row.closed_at is None, "the close write was injected to fail"
         receiver.beat()

@@ -255,8 +255,16 @@ def test_an_instance_indexed_before_the_purge_takes_the_row_stops_the_purge(stac
     _assert_kept_and_analysed(rt, ds)
 
 
+def _quarantined(store: InstanceStore, payload: bytes) -> Path:
+    """A refused payload, kept as the receiver keeps one: moved from the spool to rejected/."""
+    store.spool.mkdir(parents=True, exist_ok=True)
+    spooled = store.spool / f"cstore-{uuid.uuid4().hex}"
+    spooled.write_bytes(payload)
+    return store.quarantine_file(spooled)
+
+
 def _rejection(db: Database, store: InstanceStore, age_days: float) -> tuple[int, Path]:
-    path = store.quarantine([b"refused payload"])
+    path = _quarantined(store, b"refused payload")
     stamp = time.time() - age_days * DAY
     os.utime(path, (stamp, stamp))
     with db.session() as session:
@@ -277,7 +285,7 @@ def test_refused_payloads_are_removed_after_their_own_retention_by_the_scheduler
     store = InstanceStore(settings.storage_dir)
     old_id, old = _rejection(db, store, 31)
     recent_id, recent = _rejection(db, store, 29)
-    orphan = store.quarantine([b"a payload whose refusal could not be recorded"])
+    orphan = _quarantined(store, b"a payload whose refusal could not be recorded")
     os.utime(orphan, (time.time() - 31 * DAY, time.time() - 31 * DAY))
     stop = threading.Event()
     scheduler = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)

@@ -151,3 +151,12 @@ def test_exports_command_lists_by_state_and_retries(tmp_path):
     again = _row(rt, export_id)
     assert (again.state, again.attempts) == ("pending", 0), "retry starts a fresh horizon"
     assert json.loads(cli("exports", "--state", "failed", "--json"))["exports"] == []
+
+
+def test_due_exports_narrowed_to_the_rows_just_recorded_are_held_once(tmp_path):
+    rt = _runtime(tmp_path, f"PACS@{LOOPBACK}:{free_port()}")
+    first, other = _add_sr(rt, tmp_path, n=1), _add_sr(rt, tmp_path, n=2)
+    with rt.db.session() as session:
+        assert due_export_batches(session, hold_seconds=30, export_ids=[first]) == [[first]]
+    with rt.db.session() as session:  # held: not due again; the other row was not touched
+        assert due_export_batches(session, hold_seconds=30, export_ids=[first, other]) == [[other]]

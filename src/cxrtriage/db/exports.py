@@ -34,6 +34,26 @@ class RetryPolicy:
         return min(self.base_seconds * 2.0 ** min(attempt - 1, 60), self.max_interval_seconds)
 
 
+@dataclass(frozen=True)
+class ClaimedExport:
+    """An export taken for one attempt: what to send, where, and the attempt to record."""
+
+    export_id: int
+    attempt_id: int
+    path: str
+    destination: str
+    resend: bool  # it was sent before: this attempt re-sends it
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """An export's state once an attempt is recorded."""
+
+    export_id: int
+    state: ExportState
+    attempts: int
+
+
 def _earlier_sr_pending():  # type: ignore[no-untyped-def]
     """An earlier SR of the same study still waiting: a superseding SR must not overtake it."""
     earlier = aliased(SrExport)
@@ -42,49 +62,60 @@ def _earlier_sr_pending():  # type: ignore[no-untyped-def]
 
 
 def due_export_batches(session: Session, hold_seconds: float, now: datetime | None = None,
-                       study_uid: str | None = None) -> list[list[int]]:
+                       study_uid: str | None = None,
+                       export_ids: list[int] | None = None) -> list[list[int]]:
     """Pending exports whose next attempt is due, oldest first, in one batch per study (to go
     out over one association). Each is pushed `hold_seconds` into the future (longer than one
     attempt's deadline), so it is dispatched once per attempt and re-dispatched only if that
-    attempt's message or worker was lost."""
+    attempt's message or worker was lost. One conditional UPDATE finds and holds them, so the
+    rows are not read first. `study_uid` or `export_ids` (the rows the worker has just
+    recorded) narrow it."""
     now = now or utcnow()
-    query = select(SrExport.id, SrExport.study_id).where(
+    statement = update(SrExport).where(
         SrExport.state == ExportState.PENDING, SrExport.next_attempt_at <= now,
         ~(SrExport.kind.in_(SR_KINDS) & _earlier_sr_pending()))
     if study_uid is not None:
-        query = query.join(Study, Study.id == SrExport.study_id).where(Study.study_uid == study_uid)
-    rows = session.execute(query.order_by(SrExport.id)).all()
-    if not rows:
-        return []
-    session.execute(update(SrExport).where(SrExport.id.in_([r.id for r in rows]))
-                    .values(next_attempt_at=now + timedelta(seconds=hold_seconds)))
+        of_study = select(Study.id).where(Study.study_uid == study_uid)
+        statement = statement.where(SrExport.study_id.in_(of_study))
+    if export_ids is not None:
+        statement = statement.where(SrExport.id.in_(export_ids))
+    rows = session.execute(statement.values(next_attempt_at=now + timedelta(seconds=hold_seconds))
+                           .returning(SrExport.id, SrExport.study_id)
+                           .execution_options(synchronize_session=False)).all()
     batches: dict[int, list[int]] = {}
-    for export_id, study in rows:
+    for export_id, study in sorted(rows):
         batches.setdefault(study, []).append(export_id)
     return list(batches.values())
 
 
-def claim_export(session: Session, export_id: int, seconds: float) -> SrExportAttempt | None:
+def claim_export(session: Session, export_id: int, seconds: float) -> ClaimedExport | None:
     """Take a pending export for one attempt; None when it is not pending or another worker is
-    sending it. The claim lapses after `seconds`, so a dead worker's export is sent again."""
+    sending it. The claim lapses after `seconds`, so a dead worker's export is sent again. The
+    claiming UPDATE returns what the attempt needs, so the row is not read again."""
     now = utcnow()
-    result = session.execute(update(SrExport).where(
+    claimed = session.execute(update(SrExport).where(
         SrExport.id == export_id, SrExport.state == ExportState.PENDING,
         or_(SrExport.claimed_until.is_(None), SrExport.claimed_until < now))
-        .values(claimed_until=now + timedelta(seconds=seconds)))
-    if not result.rowcount:  # type: ignore[attr-defined]
+        .values(claimed_until=now + timedelta(seconds=seconds))
+        .returning(SrExport.path, SrExport.destination, SrExport.sends)
+        .execution_options(synchronize_session=False)).first()
+    if claimed is None:
         return None
-    row = session.get(SrExport, export_id)
-    attempt = SrExportAttempt(export_id=export_id, started_at=now, resend=bool(row and row.sends),
-                              error="")
+    attempt = SrExportAttempt(export_id=export_id, started_at=now, resend=bool(claimed.sends), error="")
     session.add(attempt)
     session.flush()
-    return attempt
+    return ClaimedExport(export_id, attempt.id, claimed.path, claimed.destination, attempt.resend)
 
 
 def record_attempt(session: Session, attempt_id: int, error: str, status: int | None,
-                   policy: RetryPolicy, now: datetime | None = None) -> SrExport:
+                   policy: RetryPolicy, now: datetime | None = None) -> AttemptOutcome:
     """Finish an attempt: sent, or pending with the next backoff, or failed past the horizon."""
+    row = _record_attempt(session, attempt_id, error, status, policy, now)
+    return AttemptOutcome(row.id, row.state, row.attempts)
+
+
+def _record_attempt(session: Session, attempt_id: int, error: str, status: int | None,
+                    policy: RetryPolicy, now: datetime | None) -> SrExport:
     now = now or utcnow()
     attempt = session.get(SrExportAttempt, attempt_id)
     if attempt is None:

@@ -68,18 +68,22 @@ def _get_or_create_study(session: Session, study_uid: str) -> Study:
     return study
 
 
-def _conflicts(session: Session, stored: StoredInstance) -> bool:
-    """Whether this SOP Instance UID is already stored under another study or another patient.
-    The row is locked (PostgreSQL), so the answer holds until this transaction ends."""
-    row = session.execute(select(Study.study_uid, Instance.patient_id)
+def _indexed(session: Session, stored: StoredInstance) -> Instance | None:
+    """The row already indexed under this SOP Instance UID, if any, read once for both the
+    conflict check and the update. Raises InstanceConflictError when it belongs to another
+    study or another patient. The row is locked (PostgreSQL), so the answer holds until this
+    transaction ends."""
+    row = session.execute(select(Instance, Study.study_uid)
                           .join(Study, Study.id == Instance.study_id)
                           .where(Instance.sop_instance_uid == stored.sop_instance_uid)
                           .with_for_update(of=Instance)).first()
     if row is None:
-        return False
-    stored_study, stored_patient = row
-    return bool(stored_study != stored.study_uid
-                or (stored_patient is not None and stored_patient != stored.patient_id))
+        return None
+    instance, stored_study = row
+    if stored_study != stored.study_uid or (instance.patient_id is not None
+                                            and instance.patient_id != stored.patient_id):
+        raise InstanceConflictError()
+    return instance
 
 
 def index_instance(session: Session, stored: StoredInstance) -> str | None:
@@ -93,8 +97,7 @@ def index_instance(session: Session, stored: StoredInstance) -> str | None:
     for a new UID meet at its unique constraint: the loser's flush fails and, retried, it sees
     the winner's row and conflicts here.
     """
-    if _conflicts(session, stored):
-        raise InstanceConflictError()
+    instance = _indexed(session, stored)
     study = _get_or_create_study(session, stored.study_uid)
     # A purged study that receives again is no longer purged: retention may remove its files
     # later, and reprocessing reads it. An explicit UPDATE, since on SQLite the ORM's read of
@@ -106,7 +109,6 @@ def index_instance(session: Session, stored: StoredInstance) -> str | None:
         series = Series(study_id=study.id, series_uid=stored.series_uid, modality=stored.modality[:16])
         session.add(series)
         session.flush()
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == stored.sop_instance_uid))
     changed, replaced = instance is None, None
     if instance is None:
         session.add(Instance(series_id=series.id, study_id=study.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -9,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -17,6 +19,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from cxrtriage.domain import ExportKind, ExportState, InstanceState, SeriesState, StudyState
 
 
 def utcnow() -> datetime:
@@ -34,6 +38,13 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def state_type(states: type[enum.StrEnum]) -> Enum:
+    """A state column typed by its enum and stored as the enum's value in a VARCHAR(16), as the
+    migrations made it: no native enum type and no CHECK constraint, so the schema is unchanged."""
+    return Enum(states, native_enum=False, create_constraint=False, length=16,
+                values_callable=lambda members: [m.value for m in members])
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
 
@@ -42,7 +53,7 @@ class Study(Base):
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[StudyState] = mapped_column(state_type(StudyState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     reason_code: Mapped[str] = mapped_column(String(32), default="")  # a domain.Reason, or ""
     revision: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every new instance
@@ -65,7 +76,7 @@ class Series(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
     modality: Mapped[str] = mapped_column(String(16), default="")
-    state: Mapped[str] = mapped_column(String(16), default="received")
+    state: Mapped[SeriesState] = mapped_column(state_type(SeriesState), default=SeriesState.RECEIVED)
     reason: Mapped[str] = mapped_column(Text, default="")
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")
@@ -83,7 +94,7 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64), default="")  # of the stored file
     patient_id: Mapped[str | None] = mapped_column(Text, nullable=True)  # as received
-    state: Mapped[str] = mapped_column(String(16), default="stored")
+    state: Mapped[InstanceState] = mapped_column(state_type(InstanceState), default=InstanceState.STORED)
     reason: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -160,10 +171,10 @@ class SrExport(Base):
     sr_series_uid: Mapped[str] = mapped_column(String(64))
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     supersedes_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    kind: Mapped[str] = mapped_column(String(16))  # analysed | not_analysed
+    kind: Mapped[ExportKind] = mapped_column(state_type(ExportKind))
     path: Mapped[str] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(String(128), default="")
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[ExportState] = mapped_column(state_type(ExportState), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -172,6 +183,9 @@ class SrExport(Base):
     retry_since: Mapped[datetime | None] = mapped_column(nullable=True)  # start of the retry horizon
     claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)  # an attempt is in flight
     sends: Mapped[int] = mapped_column(Integer, default=0)  # successful deliveries (re-sends > 1)
+    # The instance a heat map was made from; None for SRs, which read the whole study.
+    source_instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", name="fk_sr_exports_source_instance_id"), nullable=True)
 
 
 class SrExportAttempt(Base):

@@ -21,9 +21,9 @@ from cxrtriage.db.models import (
     as_utc,
     utcnow,
 )
-from cxrtriage.domain import SR_KINDS, ExportState, StudyState
+from cxrtriage.domain import FINISHED, SR_KINDS, ExportState, StudyState
 
-FINISHED_STATES = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
+FINISHED_STATES = FINISHED  # kept for cli_ops.py until it imports domain.FINISHED
 WAITING_STATES = (StudyState.RECEIVED, StudyState.QUEUED, StudyState.PROCESSING)
 
 
@@ -34,13 +34,13 @@ class ReprocessSelection:
     not_read_by: tuple[int, ...] = ()  # model version ids: studies none of these has read
     received_from: datetime | None = None  # last instance received at or after (UTC)
     received_before: datetime | None = None  # ... and before (UTC)
-    states: tuple[str, ...] = tuple(FINISHED_STATES)
+    states: tuple[str, ...] = tuple(FINISHED)
     study_uids: tuple[str, ...] = ()  # empty: any study
 
     def __post_init__(self) -> None:
-        unknown = set(self.states) - {str(s) for s in FINISHED_STATES}
+        unknown = set(self.states) - {str(s) for s in FINISHED}
         if unknown:
-            raise ValueError(f"states must be finished states {[str(s) for s in FINISHED_STATES]}, "
+            raise ValueError(f"states must be finished states {[str(s) for s in FINISHED]}, "
                              f"got {sorted(unknown)}")
 
 
@@ -147,13 +147,6 @@ def claim_run(session: Session, job: str, run_key: str, holder: str) -> int | No
 def finish_run(session: Session, run_id: int, studies: int, outcome: str) -> None:
     session.execute(update(SchedulerRun).where(SchedulerRun.id == run_id)
                     .values(finished_at=utcnow(), studies=studies, outcome=outcome))
-
-
-def runs(session: Session, job: str) -> list[dict[str, Any]]:
-    rows = session.scalars(select(SchedulerRun).where(SchedulerRun.job == job)
-                           .order_by(SchedulerRun.id)).all()
-    return [{"run_key": r.run_key, "holder": r.holder, "started_at": r.started_at,
-             "finished_at": r.finished_at, "studies": r.studies, "outcome": r.outcome} for r in rows]
 
 
 @dataclass(frozen=True)

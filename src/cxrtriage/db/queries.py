@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import InferenceResult, Instance, Rejection, SrExport, Study
 from cxrtriage.db.results import latest_export
-from cxrtriage.domain import ExportKind
+from cxrtriage.domain import ExportKind, InstanceState
 
 
 def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
@@ -25,7 +25,7 @@ def recent_studies(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         heatmaps = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
                                                           SrExport.kind == ExportKind.HEATMAP)).all()
         flag_probs = [r.probabilities.get(r.flag_label, 0.0) for r in results]
-        reasons = sorted({i.reason for i in instances if i.reason and i.state != "classified"})
+        reasons = sorted({i.reason for i in instances if i.reason and i.state != InstanceState.CLASSIFIED})
         rows.append({
             "study_uid": study.study_uid, "state": study.state,
             "reason": study.reason or "; ".join(reasons), "reason_code": study.reason_code,

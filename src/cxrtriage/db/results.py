@@ -8,8 +8,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
-from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, ModelInfo, Prediction
+from cxrtriage.db.models import InferenceResult, Instance, ModelVersion, SrExport, utcnow
+from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, InstanceState, ModelInfo, Prediction
 
 
 def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
@@ -53,16 +53,26 @@ def latest_export(session: Session, study_id: int) -> SrExport | None:
 
 def record_export(session: Session, *, study_id: int, model_version_id: int, series_uid: str,
                   sop_uid: str, supersedes_uid: str | None, kind: ExportKind, path: str,
-                  destination: str) -> SrExport:
-    """Create the export row for a new SR; an SR with the same UID is not exported twice."""
+                  destination: str, source_instance_id: int | None = None) -> SrExport:
+    """Create the export row for a new SR or heat map (`source_instance_id`: the image a heat map
+    was made from); an object with the same UID is not exported twice."""
     existing = session.scalar(select(SrExport).where(SrExport.sr_sop_instance_uid == sop_uid))
     if existing is not None:
         return existing
     row = SrExport(study_id=study_id, model_version_id=model_version_id, sr_series_uid=series_uid,
                    sr_sop_instance_uid=sop_uid, supersedes_uid=supersedes_uid, kind=kind, path=path,
-                   destination=destination,
+                   destination=destination, source_instance_id=source_instance_id,
                    state=ExportState.PENDING if destination else ExportState.NOT_CONFIGURED,
                    next_attempt_at=utcnow() if destination else None)
     session.add(row)
     session.flush()
     return row
+
+
+def set_instance_states(session: Session, states: dict[int, tuple[InstanceState, str]]) -> None:
+    """Each instance's state and reason after a study's run (an instance deleted meanwhile, by
+    retention, is left alone)."""
+    for instance_id, (state, reason) in states.items():
+        row = session.get(Instance, instance_id)
+        if row is not None:
+            row.state, row.reason = state, reason

@@ -23,9 +23,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import Instance, Rejection, SrExport, Study, utcnow
-from cxrtriage.domain import ExportKind, ExportState, StudyState
-
-FINAL_STATES = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
+from cxrtriage.domain import FINISHED, ExportKind, ExportState
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def purge_candidates(session: Session, retention_days: int, now: datetime | None
 def _purgeable(cutoff: datetime) -> tuple:  # type: ignore[type-arg]
     # last_received_at too: the same file re-sent does not change a finished study's state, but
     # it is a receipt, and its file must stay.
-    return (Study.state.in_(FINAL_STATES), Study.purged_at.is_(None), Study.finished_at < cutoff,
+    return (Study.state.in_(FINISHED), Study.purged_at.is_(None), Study.finished_at < cutoff,
             or_(Study.last_received_at.is_(None), Study.last_received_at < cutoff))
 
 

@@ -20,7 +20,7 @@ from cxrtriage.db.models import (
     as_utc,
     utcnow,
 )
-from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, Reason, StudyState
+from cxrtriage.domain import SR_KINDS, Claim, InstanceRef, InstanceState, Reason, SeriesState, StudyState
 
 # An association open longer than this no longer holds its studies back (a peer that never
 # closes, or keeps one alive with C-ECHOs); later instances take the late-instance path.
@@ -155,13 +155,22 @@ def study_instances(session: Session, study_id: int) -> list[Instance]:
                                 .order_by(Instance.id)).all())
 
 
+def record_instance_outcomes(session: Session, outcomes: dict[int, tuple[InstanceState, str]]) -> None:
+    """Each image's state and reason (by instance id), recorded with its study's result, so the
+    worker need not handle the rows itself."""
+    for instance_id, (state, reason) in outcomes.items():
+        row = session.get(Instance, instance_id)
+        if row is not None:
+            row.state, row.reason = state, reason
+
+
 def update_series_states(session: Session, study_id: int) -> None:
     """A series is classified if any of its images was, else it takes its images' common state."""
     for series in session.scalars(select(Series).where(Series.study_id == study_id)).all():
         states = {i.state for i in series.instances}
         reasons = sorted({i.reason for i in series.instances if i.reason})
-        if "classified" in states:
-            series.state = "classified"
+        if InstanceState.CLASSIFIED in states:
+            series.state = SeriesState.CLASSIFIED
         else:
-            series.state = states.pop() if len(states) == 1 else "mixed"
+            series.state = SeriesState(states.pop()) if len(states) == 1 else SeriesState.MIXED
         series.reason = "; ".join(reasons)[:2000]

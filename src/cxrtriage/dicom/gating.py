@@ -12,6 +12,8 @@ Rules, in order (the README lists them too):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydicom.dataset import Dataset
 
 from cxrtriage.dicom.contexts import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE
@@ -59,3 +61,9 @@ def gate_image(ds: Dataset) -> GateDecision:
     if not body_part:
         warnings.append("body part not recorded; assumed chest")
     return GateDecision(True, None, tuple(warnings))
+
+
+def radiograph_study(sop_class_uids: Iterable[str]) -> bool:
+    """Whether a study is a radiograph study at all, from its indexed SOP classes: one that is
+    not is skipped as a whole, and gets an SR only if CXRTRIAGE_SR_FOR_NON_RADIOGRAPH_STUDIES."""
+    return any(uid in RADIOGRAPH_SOP_CLASSES for uid in sop_class_uids)

@@ -9,17 +9,17 @@ which bounds what the pixels would decode to.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pynetdicom.dsutils import decode
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxrtriage.dicom.preprocess import MAX_DECODED_BYTES, check_pixel_contract
 from cxrtriage.dicom.uids import require_uid
@@ -71,50 +71,38 @@ def inflated_size(read: Callable[[int], bytes], limit: int) -> int:
     return total + len(inflater.flush())
 
 
-def _dataset_offset(path: Path) -> int:
+def _dataset_offset(handle: BinaryIO) -> int:
     """Where the data set starts in a spooled file, after the preamble and file meta."""
-    with open(path, "rb") as handle:
-        read_preamble(handle, False)
-        _read_file_meta_info(handle)
-        return handle.tell()
-
-
-def _check_inflated_file(path: Path, offset: int, limit: int) -> None:
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        inflated_size(handle.read, limit)
-
-
-def inspect_payload(raw: bytes, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
-                    max_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Inspection:
-    """Parse and check the bytes of one C-STORE data set (without file meta)."""
-    syntax = UID(transfer_syntax)
-
-    def load() -> Dataset:
-        if syntax.is_deflated:
-            inflated_size(BytesIO(raw).read, max_bytes)
-        return decode(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-
-    return _inspect(len(raw), load, transfer_syntax, request_sop_class, request_sop_uid, max_bytes,
-                    max_decoded_bytes)
+    read_preamble(handle, False)
+    _read_file_meta_info(handle)
+    return handle.tell()
 
 
 def inspect_file(path: Path, transfer_syntax: str, request_sop_class: str, request_sop_uid: str,
                  max_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Inspection:
-    """As inspect_payload, for a data set spooled to a file with its file meta. The limit counts
-    the data set's bytes as sent, as the receiver counted them while they arrived."""
+    """Parse and check one C-STORE data set spooled to a file with its file meta, opened once.
+    The limit counts the data set's bytes as sent, as the receiver counted them while they
+    arrived."""
     try:
-        offset = _dataset_offset(path)
-    except Exception as exc:  # the meta is ours (pynetdicom writes it), so this is the disk's fault
+        handle = open(path, "rb")
+    except OSError as exc:
         raise OSError("spooled file cannot be read") from exc
+    with handle:
+        try:
+            offset = _dataset_offset(handle)
+            size = os.fstat(handle.fileno()).st_size
+        except Exception as exc:  # the meta is ours (pynetdicom writes it), so this is the disk's fault
+            raise OSError("spooled file cannot be read") from exc
 
-    def load() -> Dataset:
-        if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            _check_inflated_file(path, offset, max_bytes)
-        return dcmread(path)
+        def load() -> Dataset:
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                handle.seek(offset)
+                inflated_size(handle.read, max_bytes)
+            handle.seek(0)
+            return dcmread(handle)
 
-    return _inspect(path.stat().st_size - offset, load, transfer_syntax, request_sop_class,
-                    request_sop_uid, max_bytes, max_decoded_bytes)
+        return _inspect(size - offset, load, transfer_syntax, request_sop_class, request_sop_uid,
+                        max_bytes, max_decoded_bytes)
 
 
 def _inspect(size: int, load: Callable[[], Dataset], transfer_syntax: str, request_sop_class: str,

@@ -1,5 +1,6 @@
 """The storage SCP. The C-STORE handler validates, stores durably, indexes and answers; nothing
-heavier. Its collaborators (index, association bookkeeping) are passed in, not imported.
+heavier. Its index is passed in, not imported; which associations are open, and the records of
+them still owed to the index, are kept by `associations`.
 
 Data sets are received in chunks into a spool on the storage volume (pynetdicom's
 STORE_RECV_CHUNKED_DATASET), never whole in memory, and stored by rename once their index entry
@@ -24,7 +25,6 @@ import logging
 import ssl
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from pynetdicom import AE, dimse_messages, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from cxrtriage.dicom.associations import AssociationIndex, Associations
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
 from cxrtriage.dicom.inspection import (
     CANNOT_UNDERSTAND,
@@ -44,7 +45,6 @@ from cxrtriage.dicom.inspection import (
     SUCCESS,
     UID_CONFLICT,
     inspect_file,
-    inspect_payload,
     validate_dataset,
 )
 from cxrtriage.dicom.netguard import ConnectionGuard, PeerLimits
@@ -62,15 +62,11 @@ pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 __all__ = ["CANNOT_UNDERSTAND", "DATASET_MISMATCH", "LIMIT_EXCEEDED", "OUT_OF_RESOURCES", "SUCCESS",
            "UID_CONFLICT", "AccessPolicy", "Receiver", "ReceiverIndex", "ReceiverLimits",
-           "inspect_file", "inspect_payload", "validate_dataset"]
+           "inspect_file", "validate_dataset"]
 
 
-class ReceiverIndex(Protocol):
+class ReceiverIndex(AssociationIndex, Protocol):
     """What the receiver needs from the rest of the system (the database, in practice)."""
-
-    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None: ...
-    def association_closed(self, association_id: str) -> None: ...
-    def associations_alive(self, association_ids: list[str]) -> None: ...
 
     def instance_stored(self, stored: StoredInstance, place: Callable[[], None]) -> None:
         """Record `stored` and, in the same transaction once its entry has won (no other study or
@@ -151,10 +147,7 @@ class Receiver:
         self.access = access or AccessPolicy()
         self.ssl_context = ssl_context
         self.watermark = watermark or Watermark()
-        self._ids: dict[int, str] = {}  # open associations: id(assoc) -> our association id
-        self._live: dict[int, Any] = {}  # id(assoc) -> assoc, to notice those that die unannounced
-        self._unrecorded: set[str] = set()  # opened, but the database write failed
-        self._unclosed: set[str] = set()  # closed, but the database write failed; retried
+        self.associations = Associations(index)
         self._spooling: dict[str, int] = {}  # spool files being written -> id(assoc)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -237,29 +230,9 @@ class Receiver:
             dimse_messages.NamedTemporaryFile = factory  # type: ignore[misc]
             self._pynetdicom_defaults = None
 
-    def association_id(self, assoc: Any) -> str:
-        with self._lock:
-            self._live[id(assoc)] = assoc
-            return self._ids.setdefault(id(assoc), uuid.uuid4().hex)
-
-    def _record_opened(self, event: Any, assoc_id: str) -> bool:
-        requestor = event.assoc.requestor
-        try:
-            self.index.association_opened(assoc_id, str(requestor.ae_title).strip(),
-                                          f"{requestor.address}:{requestor.port}")
-        except Exception as exc:  # the association may go on; its stores wait for this record
-            logger.error("could not record an opened association",
-                         extra={"association_id": assoc_id, "error": type(exc).__name__})
-            with self._lock:
-                self._unrecorded.add(assoc_id)
-            return False
-        with self._lock:
-            self._unrecorded.discard(assoc_id)
-        return True
-
     def _opened(self, event: Any) -> None:
-        assoc_id = self.association_id(event.assoc)
-        if self._record_opened(event, assoc_id):
+        assoc_id = self.associations.id_for(event.assoc)
+        if self.associations.record_opened(event.assoc, assoc_id):
             logger.info("association accepted", extra={
                 "association_id": assoc_id, "calling_ae": str(event.assoc.requestor.ae_title).strip()})
 
@@ -275,54 +248,11 @@ class Receiver:
         self._closed(event)
 
     def _closed(self, event: Any) -> None:
-        self._record_closed(id(event.assoc))
-
-    def _record_closed(self, key: int) -> None:
-        """Record the close first; forget the association only once that is written. A failed
-        write is retried by the heartbeat, and liveness expiry covers a receiver that dies."""
-        with self._lock:
-            assoc_id = self._ids.get(key)
-        if not assoc_id:
-            return
-        try:
-            self.index.association_closed(assoc_id)
-        except Exception as exc:
-            logger.error("could not record a closed association; will retry",
-                         extra={"association_id": assoc_id, "error": type(exc).__name__})
-            with self._lock:
-                self._unclosed.add(assoc_id)
-        with self._lock:
-            self._ids.pop(key, None)
-            self._live.pop(key, None)
-            self._unrecorded.discard(assoc_id)
-        logger.info("association closed", extra={"association_id": assoc_id})
-
-    def _reap(self) -> None:
-        """Close the records of associations that pynetdicom ended without a close event (its
-        reactor dies on some malformed messages), so they stop holding their studies back."""
-        with self._lock:
-            dead = [key for key, assoc in self._live.items()
-                    if not (assoc.is_alive() and assoc.dul.is_alive())]
-        for key in dead:
-            self._record_closed(key)
+        self.associations.record_closed(event.assoc)
 
     def beat(self) -> None:
         """Vouch for the open associations, retry failed close records, clean the spool."""
-        self._reap()
-        with self._lock:
-            alive = sorted(set(self._ids.values()) - self._unrecorded)
-            unclosed = sorted(self._unclosed)
-        try:
-            self.index.associations_alive(alive)
-        except Exception as exc:
-            logger.warning("association heartbeat failed", extra={"error": type(exc).__name__})
-        for assoc_id in unclosed:
-            try:
-                self.index.association_closed(assoc_id)
-            except Exception:
-                break  # the database is still away; next beat
-            with self._lock:
-                self._unclosed.discard(assoc_id)
+        self.associations.beat()
         try:
             with self._lock:
                 live = set(self._spooling)
@@ -368,13 +298,14 @@ class Receiver:
                 self._spooling.pop(str(spooled), None)
 
     def _store(self, event: Any, spooled: Path) -> int:
-        assoc_id = self.association_id(event.assoc)
+        assoc_id = self.associations.id_for(event.assoc)
         request = event.request
         request_uid = str(request.AffectedSOPInstanceUID or "")
         safe_uid = request_uid if is_valid_uid(request_uid) else None
         if refusal := self.guard.take_refusal(event.assoc):  # refused while it arrived; data dropped
             return self._reject(event, assoc_id, refusal[0], refusal[1], None, safe_uid)
-        if assoc_id in self._unrecorded and not self._record_opened(event, assoc_id):
+        if not self.associations.is_recorded(assoc_id) and not self.associations.record_opened(
+                event.assoc, assoc_id):
             return OUT_OF_RESOURCES  # unrecorded, its study could be queued mid-association
         if reason := self.watermark.refusal(self.store.root):
             return self._reject(event, assoc_id, OUT_OF_RESOURCES, reason, None, safe_uid)

@@ -128,13 +128,8 @@ class InstanceStore:
             raise ValueError("storage path escaped the storage root")
         move_durably(spooled, path)
 
-    def quarantine(self, chunks: list[bytes]) -> Path:
-        """Keep a refused payload under a random name, so nothing received is lost."""
-        path = self.root / "rejected" / f"{uuid.uuid4().hex}.bin"
-        write_durably(path, chunks)
-        return path
-
     def quarantine_file(self, spooled: Path) -> Path:
+        """Keep a refused payload under a random name, so nothing received is lost."""
         path = self.root / "rejected" / f"{uuid.uuid4().hex}.bin"
         move_durably(spooled, path)
         return path

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cxrtriage.config import Destination, Settings
-from cxrtriage.db.exports import RetryPolicy, claim_export, record_attempt
-from cxrtriage.db.models import SrExport
+from cxrtriage.db.exports import ClaimedExport, RetryPolicy, claim_export, record_attempt
 from cxrtriage.dicom.sender import Delivery, send_files
 from cxrtriage.dicom.tls import client_context
 from cxrtriage.domain import ExportState
@@ -51,26 +49,10 @@ def claim_seconds(settings: Settings) -> float:
     return settings.sr_send_deadline_seconds + settings.sr_connect_timeout_seconds + CLAIM_SLACK_SECONDS / 2
 
 
-@dataclass(frozen=True)
-class Claimed:
-    export_id: int
-    attempt_id: int
-    path: str
-    destination: str
-    resend: bool
-
-
-def _claim(rt: Runtime, export_ids: list[int]) -> list[Claimed]:
-    claimed = []
+def _claim(rt: Runtime, export_ids: list[int]) -> list[ClaimedExport]:
     with rt.db.session() as session:
-        for export_id in export_ids:
-            attempt = claim_export(session, export_id, claim_seconds(rt.settings))
-            if attempt is None:
-                continue  # sent meanwhile, or another worker is sending it
-            row = session.get(SrExport, export_id)
-            assert row is not None  # claimed just now, in this transaction
-            claimed.append(Claimed(export_id, attempt.id, row.path, row.destination, attempt.resend))
-    return claimed
+        claims = [claim_export(session, export_id, claim_seconds(rt.settings)) for export_id in export_ids]
+    return [c for c in claims if c is not None]  # None: sent meanwhile, or another worker has it
 
 
 def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
@@ -94,8 +76,8 @@ def export_srs(rt: Runtime, export_ids: list[int]) -> list[str]:
         with rt.db.session() as session:
             recorded = [(c, record_attempt(session, c.attempt_id, d.error, d.status, retry_policy(settings)))
                         for c, d in zip(group, deliveries, strict=True)]
-            outcomes = [(c, row.state, row.attempts, d.error)
-                        for (c, row), d in zip(recorded, deliveries, strict=True)]
+            outcomes = [(c, outcome.state, outcome.attempts, d.error)
+                        for (c, outcome), d in zip(recorded, deliveries, strict=True)]
         for c, state, attempts, error in outcomes:
             level = logging.WARNING if state == ExportState.FAILED else logging.INFO
             logger.log(level, "SR export attempt", extra={"export_id": c.export_id, "state": state,

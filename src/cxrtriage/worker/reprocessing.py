@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from cxrtriage.config import Settings
-from cxrtriage.db.operations import FINISHED_STATES, count_in_flight, requeue_finished
+from cxrtriage.db.operations import count_in_flight, requeue_finished
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
-from cxrtriage.domain import ModelInfo
+from cxrtriage.domain import FINISHED, ModelInfo
 from cxrtriage.worker.dispatch import enqueue_study
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def serving_model(db: Database, settings: Settings) -> tuple[int, ModelInfo]:
 def requeue_paced(db: Database, study_uids: Sequence[str], model: ModelInfo, pace: Pace,
                   stop: threading.Event | None = None,
                   advance: Callable[[int], object] | None = None,
-                  states: tuple[str, ...] = tuple(FINISHED_STATES),
+                  states: tuple[str, ...] = tuple(FINISHED),
                   enqueue: Callable[[str], None] = enqueue_study) -> int:
     """Requeue and dispatch the given studies at the pace; returns how many were queued.
     Studies that are no longer finished (new images arrived meanwhile) are passed over."""

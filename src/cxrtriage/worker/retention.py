@@ -14,11 +14,10 @@ refusal's file goes after CXRTRIAGE_QUARANTINE_RETENTION_DAYS, and its row says 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cxrtriage.config import Settings
-from cxrtriage.db.models import utcnow
 from cxrtriage.db.retention import (
     Purge,
     claim_purge,
@@ -35,7 +34,7 @@ BATCH = 500
 
 def apply_retention(db: Database, settings: Settings, now: datetime | None = None) -> int:
     """One retention pass; returns how many studies were purged."""
-    now = now or utcnow()
+    now = now or datetime.now(UTC)
     marked = purge_studies(db, settings.retention_days, now) if settings.retention_days > 0 else 0
     removed = 0
     if settings.quarantine_retention_days > 0:

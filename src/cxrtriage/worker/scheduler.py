@@ -21,12 +21,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_export_batches
 from cxrtriage.db.ingest import expire_associations
-from cxrtriage.db.models import utcnow
 from cxrtriage.db.operations import (
     ReprocessSelection,
     claim_run,
@@ -187,6 +186,6 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
                     refresh_gauges(db, metrics)
                 except Exception:  # a gauge left stale never stops the sweeps
                     logger.warning("metrics refresh failed", exc_info=True)
-        _pause(stop, wake, pause_seconds(settings, swept, utcnow()), started + MIN_SWEEP_GAP_SECONDS)
+        _pause(stop, wake, pause_seconds(settings, swept, datetime.now(UTC)), started + MIN_SWEEP_GAP_SECONDS)
     if nightly is not None:
         nightly.join(timeout=10)
