@@ -152,6 +152,19 @@ class StoredInstance:
     size_bytes: int
     sha256: str = ""
     patient_id: str = ""
+    details: StudyHeader | None = None  # for the worklist, recorded with the study's first instance
+
+
+@dataclass(frozen=True)
+class StudyHeader:
+    """What a radiologist needs to find the patient, read from the header at arrival so that the
+    review app never parses DICOM during a request. Patient data: never logged."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
 
 @dataclass(frozen=True)

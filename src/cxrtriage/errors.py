@@ -23,10 +23,6 @@ class LimitExceededError(InvalidInputError):
     message names the limit and its setting, never the input's own values beyond its size."""
 
 
-class TransientError(CxrTriageError):
-    """A resource was unavailable; the same work may succeed later."""
-
-
 class ModelError(CxrTriageError):
     """A model package is missing, corrupt or inconsistent."""
 

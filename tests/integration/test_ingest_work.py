@@ -3,16 +3,17 @@ indexed under the SOP Instance UID read once, for both the conflict check and th
 
 from __future__ import annotations
 
+from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
 
-from cxrtriage.db.models import Instance, Series, Study
+from cxrtriage.db.models import Instance, Series, Study, StudyDetails
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.db.studies import record_instance_outcomes, update_series_states
-from cxrtriage.domain import InstanceState, SeriesState, StoredInstance, StudyState
+from cxrtriage.domain import InstanceState, SeriesState, StoredInstance, StudyHeader, StudyState
 from cxrtriage.errors import InstanceConflictError
 from cxrtriage.worker.receiving import DatabaseIndex
 
@@ -99,3 +100,30 @@ def test_recorded_outcomes_give_the_series_its_state(tmp_path, index, outcome, s
     with idx.db.session() as session:
         assert session.execute(select(Instance.state, Instance.reason)).one() == (outcome, "why")
         assert session.scalar(select(Series.state)) is series_state
+
+
+def test_the_worklist_details_are_recorded_at_arrival_in_the_same_transaction(tmp_path, index):
+    """The review app reads them from the table; it never parses a header during a request."""
+    idx, counted = index
+    first = StudyHeader("SENTINEL^PATIENT", "P1", "ACC1", "20261205", "CHEST PA")
+    idx.instance_stored(replace(_stored(tmp_path), details=first), lambda: None)
+    counted.reset()
+    later = replace(_stored(tmp_path), sop_instance_uid="1.2.3.10", details=StudyHeader("OTHER^NAME", "P1"))
+    idx.instance_stored(later, lambda: None)
+    assert counted.transactions == 1
+    with idx.db.session() as session:
+        row = session.execute(select(StudyDetails.patient_name, StudyDetails.patient_id,
+                                     StudyDetails.accession_number, StudyDetails.study_date,
+                                     StudyDetails.study_description)).one()
+    assert tuple(row) == astuple(first), "the study's first instance gives its details"
+
+
+def test_over_long_details_are_cut_to_their_columns(tmp_path, index):
+    idx, _ = index
+    header = StudyHeader("N" * 300, "I" * 70, "A" * 70, "D" * 20, "S" * 300)
+    idx.instance_stored(replace(_stored(tmp_path), details=header), lambda: None)
+    with idx.db.session() as session:
+        row = session.execute(select(StudyDetails.patient_name, StudyDetails.patient_id,
+                                     StudyDetails.accession_number, StudyDetails.study_date,
+                                     StudyDetails.study_description)).one()
+    assert [len(v) for v in row] == [256, 64, 64, 16, 256]

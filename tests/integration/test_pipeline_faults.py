@@ -18,7 +18,7 @@ from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ExportKind, Reason
 from cxrtriage.worker import pipeline
-from cxrtriage.worker.processing import process_study
+from cxrtriage.worker.processing import process_ready
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import radiograph
 from tests.received import current, receive, srs
@@ -78,7 +78,7 @@ def test_a_failing_step_ends_in_one_not_analysed_sr(rt, monkeypatch, step, error
     uid = generate_uid()
     study_uid = receive(rt, [radiograph(uid), radiograph(uid, "normal-1")])
     calls = inject(monkeypatch, step, error)
-    assert process_study(rt, study_uid) == "failed"
+    assert process_ready(rt, study_uid).get(study_uid) == "failed"
     assert calls, "the injected step never ran"
     assert study_reason(rt, study_uid) == ("failed", reason.value)
     [sr] = current(srs(rt, study_uid))
@@ -92,7 +92,7 @@ def test_attempt_limit_ends_in_a_not_analysed_sr(rt):
     study_uid = receive(rt, [radiograph()])
     with rt.db.session() as session:  # three workers died on it before
         session.execute(Study.__table__.update().values(attempts=rt.settings.study_max_attempts))
-    assert process_study(rt, study_uid) == "failed"
+    assert process_ready(rt, study_uid).get(study_uid) == "failed"
     assert study_reason(rt, study_uid) == ("failed", Reason.ATTEMPTS_EXHAUSTED.value)
     [sr] = srs(rt, study_uid)
     assert_valid(sr.path)
@@ -102,7 +102,7 @@ def test_a_study_naming_two_patients_is_not_analysed_and_its_sr_names_one(rt):
     uid = generate_uid()
     first, other = radiograph(uid), radiograph(uid, "normal-1", PatientID="OTHERPATIENT9")
     study_uid = receive(rt, [first, other])
-    assert process_study(rt, study_uid) == "failed"
+    assert process_ready(rt, study_uid).get(study_uid) == "failed"
     assert study_reason(rt, study_uid) == ("failed", Reason.PATIENT_IDENTITY_INCONSISTENT.value)
     [sr] = srs(rt, study_uid)
     assert_valid(sr.path)
@@ -117,17 +117,17 @@ def test_rebuilding_an_sr_reuses_the_stored_bytes_and_new_content_supersedes(rt)
     uid = generate_uid()
     image = radiograph(uid)
     study_uid = receive(rt, [image])
-    assert process_study(rt, study_uid) == "done"
+    assert process_ready(rt, study_uid).get(study_uid) == "done"
     [first] = srs(rt, study_uid)
     stored = Path(first.path).read_bytes()
     with rt.db.session() as session:  # the same work again, as after a lost result
         session.execute(Study.__table__.update().values(state="queued", attempts=0))
-    assert process_study(rt, study_uid) == "done"
+    assert process_ready(rt, study_uid).get(study_uid) == "done"
     assert [r.sr_sop_instance_uid for r in srs(rt, study_uid)] == [first.sr_sop_instance_uid]
     assert Path(first.path).read_bytes() == stored
     image.PatientName = "CORRECTED^NAME"  # reconciliation: the same SOP UID, new content
     receive(rt, [image])
-    assert process_study(rt, study_uid) == "done"
+    assert process_ready(rt, study_uid).get(study_uid) == "done"
     rows = srs(rt, study_uid)
     assert len(rows) == 2 and rows[1].supersedes_uid == first.sr_sop_instance_uid
     assert current(rows) == [rows[1]]

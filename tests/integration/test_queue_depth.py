@@ -10,18 +10,15 @@ import pytest
 
 from cxrtriage.config import Settings
 from cxrtriage.db.session import Database, upgrade
-from cxrtriage.worker.app import app, configure_app
-from cxrtriage.worker.dispatch import enqueue_study
+from cxrtriage.worker.dispatch import Dispatcher
 from cxrtriage.worker.monitoring import SchedulerMetrics, new_registry
 from cxrtriage.worker.scheduler import refresh_gauges
 from tests.servers import LOOPBACK, start_redis
 
 
 def _forget_broker() -> None:
-    """Drop connections and producers pooled for another broker by an earlier test in this
-    process (a real process configures its broker once)."""
-    app.close()
-    app.amqp._producer_pool = None
+    """Drop connections pooled for another broker by an earlier test in this process (a real
+    process configures its broker once)."""
     kombu.pools.reset()
 
 
@@ -36,19 +33,20 @@ def test_queue_depth_counts_waiting_messages(tmp_path: Path, broker: str) -> Non
     try:
         database_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
         upgrade(database_url)
-        configure_app(Settings(broker_url=url, broker_dir=tmp_path / "broker", database_url=database_url,
-                               storage_dir=tmp_path / "storage"))
+        dispatcher = Dispatcher.for_settings(Settings(broker_url=url, broker_dir=tmp_path / "broker",
+                                                      database_url=database_url,
+                                                      storage_dir=tmp_path / "storage"))
         db = Database(database_url)
         registry = new_registry()
         metrics = SchedulerMetrics(registry, tmp_path)
 
         def depth() -> float | None:
-            refresh_gauges(db, metrics)
+            refresh_gauges(db, dispatcher, metrics)
             return registry.get_sample_value("cxrtriage_scheduler_queue_depth", {"queue": "cxrtriage"})
 
         assert depth() == 0
         for n in range(3):
-            enqueue_study(f"1.2.3.{n}")  # no worker runs: the messages wait
+            dispatcher.study(f"1.2.3.{n}")  # no worker runs: the messages wait
         assert depth() == 3
         assert registry.get_sample_value("cxrtriage_scheduler_studies_waiting", {"state": "queued"}) == 0
     finally:

@@ -14,12 +14,12 @@ from pynetdicom import AE
 from sqlalchemy import select
 
 from cxrtriage.db.ingest import close_stale_associations, expire_associations, open_association
-from cxrtriage.db.models import Association, Instance, Rejection, utcnow
+from cxrtriage.db.models import Association, Instance, Rejection, StudyDetails, utcnow
 from cxrtriage.db.session import Database, upgrade
 from cxrtriage.dicom.receiver import OUT_OF_RESOURCES, SUCCESS, Receiver, ReceiverLimits
 from cxrtriage.dicom.storage import InstanceStore, Watermark
 from cxrtriage.worker.receiving import DatabaseIndex
-from tests.factory import MALFORMED_SENTINELS, radiograph, write_study
+from tests.factory import MALFORMED_SENTINELS, SENTINELS, radiograph, write_study
 from tests.peers import storescu
 from tests.servers import LOOPBACK, free_port, wait_for
 
@@ -166,3 +166,19 @@ def test_malformed_patient_values_never_reach_the_receiver_log(service_factory, 
     service.stop()
     service.check_logs()
     assert "withheld from logs" in receiver.log(), "pydicom's validation warnings were not exercised"
+
+
+def test_the_worklist_details_arrive_with_the_instance(tmp_path, db):
+    """Recorded when dcmtk's storescu stores the study, before anyone opens it."""
+    receiver, port = _receiver(tmp_path, DatabaseIndex(db, "rx-1"))
+    try:
+        ds = radiograph(StudyDate="20261205", StudyDescription="CHEST PA")
+        assert storescu(port, write_study(tmp_path / "send", [ds])).returncode == 0
+        with db.session() as session:
+            row = session.execute(select(StudyDetails.patient_name, StudyDetails.patient_id,
+                                         StudyDetails.accession_number, StudyDetails.study_date,
+                                         StudyDetails.study_description)).one()
+        assert tuple(row) == (SENTINELS["PatientName"], SENTINELS["PatientID"],
+                              SENTINELS["AccessionNumber"], "20261205", "CHEST PA")
+    finally:
+        receiver.stop()

@@ -36,7 +36,7 @@ from cxrtriage.dicom.receiver import SUCCESS, Receiver, ReceiverLimits
 from cxrtriage.dicom.storage import InstanceStore
 from cxrtriage.domain import ExportKind
 from cxrtriage.worker import retention
-from cxrtriage.worker.processing import process_study
+from cxrtriage.worker.processing import process_ready
 from cxrtriage.worker.receiving import DatabaseIndex
 from cxrtriage.worker.retention import apply_retention
 from cxrtriage.worker.runtime import Runtime
@@ -166,7 +166,7 @@ def _analysed_ten_days_ago(rt: Runtime, port: int, ds: pydicom.Dataset) -> Path:
     study_uid = str(ds.StudyInstanceUID)
     assert _send(port, ds) == SUCCESS
     wait_for(lambda: _queued(rt, study_uid), 30, "the study queued")
-    assert process_study(rt, study_uid) == "done"
+    assert process_ready(rt, study_uid).get(study_uid) == "done"
     then = utcnow() - timedelta(days=10)
     with rt.db.session() as session:
         session.execute(update(Study).where(Study.study_uid == study_uid)
@@ -201,7 +201,7 @@ def _assert_kept_and_analysed(rt: Runtime, ds: pydicom.Dataset) -> None:
     with rt.db.session() as session:
         state = session.scalar(select(Study.state).where(Study.study_uid == study_uid))
     if state == "queued":
-        assert process_study(rt, study_uid) == "done"
+        assert process_ready(rt, study_uid).get(study_uid) == "done"
     [sr] = current(srs(rt, study_uid))
     assert sr.kind == ExportKind.ANALYSED, "the study got a 'not analysed' SR"
     assert not any(r.kind == ExportKind.NOT_ANALYSED for r in srs(rt, study_uid))

@@ -14,6 +14,7 @@ from cxrtriage.db.models import (
     Series,
     Study,
     StudyAssociation,
+    StudyDetails,
     utcnow,
 )
 from cxrtriage.domain import InstanceState, RefusedInstance, StoredInstance, StudyState
@@ -126,11 +127,28 @@ def index_instance(session: Session, stored: StoredInstance) -> str | None:
     if link is None and session.get(Association, stored.association_id) is not None:
         session.add(StudyAssociation(study_id=study.id, association_id=stored.association_id))
     study.last_received_at = utcnow()
+    _record_details(session, study, stored)
     if changed or study.state == StudyState.FAILED:
         study.revision += 1
         study.state = StudyState.RECEIVED
         study.reason, study.reason_code = "", ""
     return replaced
+
+
+def _record_details(session: Session, study: Study, stored: StoredInstance) -> None:
+    """The worklist's details from the study's first instance. The study row is locked (or new,
+    and a racing creator fails at its unique UID), so two receivers cannot both insert them."""
+    if stored.details is None:
+        return
+    session.flush()  # a new study's id
+    if session.get(StudyDetails, study.id) is not None:
+        return
+    header = stored.details
+    session.add(StudyDetails(study_id=study.id, patient_name=header.patient_name[:256],
+                             patient_id=header.patient_id[:64],
+                             accession_number=header.accession_number[:64],
+                             study_date=header.study_date[:16],
+                             study_description=header.study_description[:256]))
 
 
 def record_rejection(session: Session, refused: RefusedInstance) -> None:

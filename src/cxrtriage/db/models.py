@@ -256,7 +256,7 @@ class AuditEvent(Base):
 
 
 class StudyDetails(Base):
-    """What a radiologist needs to find the patient, read from the stored header on first view."""
+    """What a radiologist needs to find the patient, recorded with the study's first instance."""
 
     __tablename__ = "study_details"
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)

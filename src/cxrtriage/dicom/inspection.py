@@ -23,6 +23,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxrtriage.dicom.preprocess import MAX_DECODED_BYTES, check_pixel_contract
 from cxrtriage.dicom.uids import require_uid
+from cxrtriage.domain import StudyHeader
 from cxrtriage.errors import InvalidInputError, LimitExceededError
 
 # C-STORE statuses (PS3.4 Annex B.2.3; the 0xC2xx codes are ours, in "cannot understand").
@@ -142,3 +143,14 @@ def validate_dataset(ds: Dataset, request_sop_class: str, request_sop_uid: str,
         if actual < expected:
             return CANNOT_UNDERSTAND, f"pixel data is {actual} bytes, expected {expected}"
     return SUCCESS, ""
+
+
+def study_header(ds: Dataset) -> StudyHeader:
+    """The worklist's patient and study details, as the header gives them ("" when absent)."""
+
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "")
+
+    return StudyHeader(patient_name=text("PatientName"), patient_id=text("PatientID"),
+                       accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
+                       study_description=text("StudyDescription"))

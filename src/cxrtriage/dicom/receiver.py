@@ -45,6 +45,7 @@ from cxrtriage.dicom.inspection import (
     SUCCESS,
     UID_CONFLICT,
     inspect_file,
+    study_header,
     validate_dataset,
 )
 from cxrtriage.dicom.netguard import ConnectionGuard, PeerLimits
@@ -333,7 +334,8 @@ class Receiver:
             return OUT_OF_RESOURCES
         stored = StoredInstance(assoc_id, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                                 request_uid, str(ds.SOPClassUID), str(ds.get("Modality", "")),
-                                transfer_syntax, str(path), size, digest, str(ds.get("PatientID", "") or ""))
+                                transfer_syntax, str(path), size, digest, str(ds.get("PatientID", "") or ""),
+                                study_header(ds))
         try:
             self.index.instance_stored(stored, lambda: self.store.move_into(spooled, path))
         except InstanceConflictError as exc:  # checked before the file moved: the other stays

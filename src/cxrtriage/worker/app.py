@@ -9,13 +9,27 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_process_init
 
 from cxrtriage.config import Settings
+from cxrtriage.errors import ConfigError
 from cxrtriage.logs import job_id
 from cxrtriage.worker.broker import TRANSPORT
-from cxrtriage.worker.runtime import configure_runtime, reset_runtime
+from cxrtriage.worker.runtime import Runtime, RuntimeSource
 
 QUEUE = "cxrtriage"
 EXPORT_QUEUE = "cxrtriage.exports"  # SR sending, apart from classification
-app = Celery("cxrtriage", include=["cxrtriage.worker.tasks"])
+PROCESS_STUDY_TASK = "cxrtriage.process_study"
+EXPORT_SR_TASK = "cxrtriage.export_sr"
+
+
+class TriageCelery(Celery):
+    """A Celery app that carries the settings it was made from: its tasks take their
+    per-process resources from their own app (`runtime()`), never from a module global."""
+
+    source: RuntimeSource | None = None
+
+    def runtime(self) -> Runtime:
+        if self.source is None:
+            raise ConfigError("a task ran on an app not made by configure_app(settings)")
+        return self.source.get()
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -80,15 +94,14 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def configure_app(settings: Settings) -> Celery:
+def configure_app(settings: Settings) -> TriageCelery:
+    """A new app made from `settings`: its broker, and the settings its tasks run with. The tasks
+    (worker/tasks.py, shared tasks) register with every app made here."""
+    app = TriageCelery("cxrtriage", include=["cxrtriage.worker.tasks"], set_as_current=True)
     app.conf.update(celery_settings(settings))
-    configure_runtime(settings)
+    source = app.source = RuntimeSource(settings)
+    worker_process_init.connect(lambda **_: source.reset(), weak=False)  # no connection crosses a fork
     return app
-
-
-@worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    reset_runtime()
 
 
 @task_prerun.connect

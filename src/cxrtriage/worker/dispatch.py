@@ -1,35 +1,54 @@
-"""Public functions that put work on the queue. Other layers (scheduler, web) queue only here."""
+# READY FOR WEB: add queueing methods to Dispatcher below (additions only).
+"""Public functions that put work on the queue. Other layers (scheduler, web, cli) queue only
+through a `Dispatcher`, built once from the settings and passed down."""
 
 from __future__ import annotations
 
 import logging
 
+from celery import Celery
+
 from cxrtriage.config import Settings
 from cxrtriage.db.exports import due_export_batches
 from cxrtriage.db.session import Database
-from cxrtriage.worker.app import EXPORT_QUEUE, app
+from cxrtriage.worker.app import EXPORT_QUEUE, EXPORT_SR_TASK, PROCESS_STUDY_TASK, QUEUE, configure_app
 from cxrtriage.worker.export import dispatch_hold_seconds
 
 logger = logging.getLogger(__name__)
 
 
-def enqueue_study(study_uid: str) -> None:
-    app.send_task("cxrtriage.process_study", args=[study_uid])
-    logger.info("study queued", extra={"study_uid": study_uid})
+class Dispatcher:
+    """Sends tasks through one Celery app."""
 
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
-def dispatch_study_exports(db: Database, settings: Settings, study_uid: str) -> int:
-    """Send a study's new SR and heatmaps as soon as they are recorded, not at the next sweep;
-    returns how many were dispatched. Dispatched before the hold commits: a dispatch that is
-    not recorded only costs a duplicate message, which the export claim absorbs."""
-    with db.session() as session:
-        batches = due_export_batches(session, dispatch_hold_seconds(settings), study_uid=study_uid)
-        for batch in batches:
-            enqueue_export(batch)
-    return sum(map(len, batches))
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Dispatcher:
+        return cls(configure_app(settings))
 
+    def study(self, study_uid: str) -> None:
+        self.app.send_task(PROCESS_STUDY_TASK, args=[study_uid])
+        logger.info("study queued", extra={"study_uid": study_uid})
 
-def enqueue_export(export_ids: list[int]) -> None:
-    """Exports sent together, over one association (a study's SR and its heatmaps)."""
-    app.send_task("cxrtriage.export_sr", args=[export_ids], queue=EXPORT_QUEUE)
-    logger.info("SR export queued", extra={"export_ids": export_ids})
+    def exports(self, export_ids: list[int]) -> None:
+        """Exports sent together, over one association (a study's SR and its heatmaps)."""
+        self.app.send_task(EXPORT_SR_TASK, args=[export_ids], queue=EXPORT_QUEUE)
+        logger.info("SR export queued", extra={"export_ids": export_ids})
+
+    def study_exports(self, db: Database, settings: Settings, study_uid: str) -> int:
+        """Send a study's new SR and heatmaps as soon as they are recorded, not at the next
+        sweep; returns how many were dispatched. Dispatched before the hold commits: a dispatch
+        that is not recorded only costs a duplicate message, which the export claim absorbs."""
+        with db.session() as session:
+            batches = due_export_batches(session, dispatch_hold_seconds(settings), study_uid=study_uid)
+            for batch in batches:
+                self.exports(batch)
+        return sum(map(len, batches))
+
+    def queue_depth(self) -> int:
+        """Messages waiting on the study queue."""
+        with self.app.connection_for_read() as connection:
+            # kombu's virtual-transport size (Redis: the list lengths over priority levels;
+            # filesystem: the message files). A passive queue_declare fails on an empty Redis queue.
+            return int(connection.default_channel._size(QUEUE))

@@ -70,12 +70,6 @@ def process_ready(rt: Runtime, study_uid: str) -> dict[str, StudyState | None]:
     return {run.claim.study_uid: run.state for run in runs}
 
 
-def process_study(rt: Runtime, study_uid: str) -> StudyState | None:
-    """Process one queued study (and whatever else is ready). Its final state, or None when there
-    was nothing to do for it (another worker has it, or it changed while being read)."""
-    return process_ready(rt, study_uid).get(study_uid)
-
-
 class LeaseKeeper:
     """Renews the claimed studies' leases while this worker works on them, so that only a dead
     worker's studies are handed to another."""

@@ -22,7 +22,6 @@ from cxrtriage.db.operations import count_in_flight, requeue_finished
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.domain import FINISHED, ModelInfo
-from cxrtriage.worker.dispatch import enqueue_study
 
 logger = logging.getLogger(__name__)
 REASON = "reprocessing with model {name} {version}"
@@ -52,9 +51,10 @@ def serving_model(db: Database, settings: Settings) -> tuple[int, ModelInfo]:
 def requeue_paced(db: Database, study_uids: Sequence[str], model: ModelInfo, pace: Pace,
                   stop: threading.Event | None = None,
                   advance: Callable[[int], object] | None = None,
-                  states: tuple[str, ...] = tuple(FINISHED),
-                  enqueue: Callable[[str], None] = enqueue_study) -> int:
-    """Requeue and dispatch the given studies at the pace; returns how many were queued.
+                  states: tuple[str, ...] = tuple(FINISHED), *,
+                  enqueue: Callable[[str], None]) -> int:
+    """Requeue and dispatch (`enqueue`, a Dispatcher's `study`) the given studies at the pace;
+    returns how many were queued.
     Studies that are no longer finished (new images arrived meanwhile) are passed over."""
     stop = stop or threading.Event()
     reason = REASON.format(name=model.name, version=model.version)

@@ -11,7 +11,6 @@ from cxrtriage.config import Settings
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.dicom.storage import InstanceStore
-from cxrtriage.errors import ConfigError
 from cxrtriage.worker.prefetch import DecoderPool
 
 if TYPE_CHECKING:  # torch is loaded only by processes that classify, never by the receiver
@@ -61,27 +60,25 @@ class Runtime:
         return self._model_version_id
 
 
-_settings: Settings | None = None
-_runtime: Runtime | None = None
-_pid: int | None = None
+class RuntimeSource:
+    """The settings a worker's app was configured with, and this process's Runtime made from
+    them on first use: after a fork the child makes its own, so no connection crosses a fork."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: Runtime | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
 
-def configure_runtime(settings: Settings) -> None:
-    global _settings, _runtime
-    _settings, _runtime = settings, None
+    def get(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None or self._pid != os.getpid():
+                self._runtime = Runtime(self.settings, Database(self.settings.database_url),
+                                        InstanceStore(self.settings.storage_dir))
+                self._pid = os.getpid()
+            return self._runtime
 
-
-def runtime() -> Runtime:
-    global _runtime, _pid
-    if _settings is None:
-        raise ConfigError("the worker runtime was used before configure_runtime(settings)")
-    if _runtime is None or _pid != os.getpid():
-        _runtime = Runtime(_settings, Database(_settings.database_url), InstanceStore(_settings.storage_dir))
-        _pid = os.getpid()
-    return _runtime
-
-
-def reset_runtime() -> None:
-    """Drop inherited connections in a freshly forked child (worker_process_init)."""
-    global _runtime
-    _runtime = None
+    def reset(self) -> None:
+        """Drop inherited connections in a freshly forked child (worker_process_init)."""
+        with self._lock:
+            self._runtime = None

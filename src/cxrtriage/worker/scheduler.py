@@ -36,8 +36,8 @@ from cxrtriage.db.operations import (
 )
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import next_quiet_at, queue_quiet_studies, requeue_abandoned
-from cxrtriage.worker.app import QUEUE, app
-from cxrtriage.worker.dispatch import enqueue_export, enqueue_study
+from cxrtriage.worker.app import QUEUE
+from cxrtriage.worker.dispatch import Dispatcher
 from cxrtriage.worker.export import dispatch_hold_seconds
 from cxrtriage.worker.monitoring import SchedulerMetrics
 from cxrtriage.worker.reprocessing import Pace, requeue_paced, serving_model
@@ -58,7 +58,7 @@ class Swept:
     next_quiet_at: datetime | None
 
 
-def sweep(db: Database, settings: Settings) -> Swept:
+def sweep(db: Database, settings: Settings, dispatcher: Dispatcher) -> Swept:
     """One pass."""
     with db.session() as session:
         expired = expire_associations(session, settings.association_liveness_seconds)
@@ -73,9 +73,9 @@ def sweep(db: Database, settings: Settings) -> Swept:
         quiet_at = next_quiet_at(session, settings.study_quiet_seconds,
                                  settings.max_association_hold_seconds)
     for uid in studies:
-        enqueue_study(uid)
+        dispatcher.study(uid)
     for batch in exports:
-        enqueue_export(batch)
+        dispatcher.exports(batch)
     return Swept(studies, exports, quiet_at)
 
 
@@ -94,8 +94,8 @@ def holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def nightly_reprocess(db: Database, settings: Settings, run_key: str, stop: threading.Event,
-                      metrics: SchedulerMetrics | None = None) -> int | None:
+def nightly_reprocess(db: Database, settings: Settings, dispatcher: Dispatcher, run_key: str,
+                      stop: threading.Event, metrics: SchedulerMetrics | None = None) -> int | None:
     """Tonight's reprocessing, run by exactly one scheduler of however many are running: the
     first to insert the (job, run_key) row holds the lock. None when another scheduler holds it."""
     with db.session() as session:
@@ -110,9 +110,9 @@ def nightly_reprocess(db: Database, settings: Settings, run_key: str, stop: thre
         model_id, model = serving_model(db, settings)
         with db.session() as session:
             uids = select_for_reprocessing(session, ReprocessSelection(not_read_by=(model_id,)))
-        queued = requeue_paced(db, uids, model, Pace.from_settings(settings), stop,
-                               advance=(lambda n: metrics.dispatched.labels(kind="reprocess").inc(n))
-                               if metrics else None)
+        advance = (lambda n: metrics.dispatched.labels(kind="reprocess").inc(n)) if metrics else None
+        queued = requeue_paced(db, uids, model, Pace.from_settings(settings), stop, advance=advance,
+                               enqueue=dispatcher.study)
         outcome = "stopped" if stop.is_set() else "ran"
         return queued
     finally:
@@ -122,17 +122,13 @@ def nightly_reprocess(db: Database, settings: Settings, run_key: str, stop: thre
             metrics.nightly.labels(outcome=outcome).inc()
 
 
-def refresh_gauges(db: Database, metrics: SchedulerMetrics) -> None:
+def refresh_gauges(db: Database, dispatcher: Dispatcher, metrics: SchedulerMetrics) -> None:
     """Queue depth from the broker, waiting studies and the export backlog from the database."""
     with db.session() as session:
         for state, count in waiting_counts(session).items():
             metrics.studies_waiting.labels(state=state).set(count)
         metrics.exports_pending.set(pending_exports(session))
-    with app.connection_for_read() as connection:
-        # kombu's virtual-transport size (Redis: the list lengths over priority levels; filesystem:
-        # the message files). A passive queue_declare would fail on Redis when the queue is empty.
-        depth = connection.default_channel._size(QUEUE)
-        metrics.queue_depth.labels(queue=QUEUE).set(depth)
+    metrics.queue_depth.labels(queue=QUEUE).set(dispatcher.queue_depth())
 
 
 def _pause(stop: threading.Event, wake: threading.Event, seconds: float, earliest: float) -> None:
@@ -146,9 +142,12 @@ def _pause(stop: threading.Event, wake: threading.Event, seconds: float, earlies
 
 
 def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerMetrics | None = None,
-                  gauge_interval_seconds: float = 5.0, wake: threading.Event | None = None) -> None:
-    """Sweep until `stop`; `wake` (set by the receiver beside it) starts the next sweep early."""
+                  gauge_interval_seconds: float = 5.0, wake: threading.Event | None = None,
+                  dispatcher: Dispatcher | None = None) -> None:
+    """Sweep until `stop`; `wake` (set by the receiver beside it) starts the next sweep early.
+    Tasks go out through `dispatcher` (by default, one made from `settings`)."""
     db = Database(settings.database_url)
+    dispatcher = dispatcher or Dispatcher.for_settings(settings)
     wake = wake or threading.Event()
     last_nightly: date | None = None
     nightly: threading.Thread | None = None
@@ -159,7 +158,7 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
         swept = None
         wake.clear()  # before the sweep: a wake-up during it starts the next one at once
         try:
-            swept = sweep(db, settings)
+            swept = sweep(db, settings, dispatcher)
             if metrics:
                 metrics.dispatched.labels(kind="study").inc(len(swept.studies))
                 metrics.dispatched.labels(kind="export").inc(sum(map(len, swept.exports)))
@@ -171,7 +170,8 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
                     and not (nightly and nightly.is_alive())):
                 last_nightly = now.date()
                 nightly = threading.Thread(target=nightly_reprocess, name="nightly-reprocess",
-                                           args=(db, settings, now.date().isoformat(), stop, metrics),
+                                           args=(db, settings, dispatcher, now.date().isoformat(), stop,
+                                                 metrics),
                                            daemon=True)
                 nightly.start()
         except Exception:  # the scheduler must outlive a broker or database outage
@@ -183,7 +183,7 @@ def run_scheduler(settings: Settings, stop: threading.Event, metrics: SchedulerM
             if started - last_gauges >= gauge_interval_seconds:
                 last_gauges = started
                 try:
-                    refresh_gauges(db, metrics)
+                    refresh_gauges(db, dispatcher, metrics)
                 except Exception:  # a gauge left stale never stops the sweeps
                     logger.warning("metrics refresh failed", exc_info=True)
         _pause(stop, wake, pause_seconds(settings, swept, datetime.now(UTC)), started + MIN_SWEEP_GAP_SECONDS)
