@@ -45,7 +45,7 @@ Knobs (environment variables), defaults sized for about 10 minutes on a 2-core m
   BENCH_WEB_STUDIES=10000   studies seeded for the review app; 0 skips it
   BENCH_REPROCESS=auto      1 or 0 forces bulk reprocessing on or off (auto: only with CUDA)
   BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,decoders,model,web,
-                            hostile); default all
+                            hostile,route); default all
   BENCH_KEEP=1              keep the work folder (server logs, files) and print where it is
 """
 
@@ -71,6 +71,7 @@ from benchmarks import (
     hostile_pixels,
     hostile_web,
     ingest,
+    instance_route,
     model,
     pipeline,
     web,
@@ -80,7 +81,7 @@ from cxrtriage.config import load_settings
 from cxrtriage.models.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web", "hostile")
+PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web", "hostile", "route")
 
 
 def _int(name: str, default: int) -> int:
@@ -203,6 +204,16 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
 
         if "hostile" in only:
             _hostile(report, work)
+
+        if "route" in only:
+            report.note("route: one instance from C-STORE to the SR sent back; per hop: database "
+                        "transactions, SQL statements, reads of stored or spooled files (all processes)")
+            (work / "route").mkdir()
+            for hop, (transactions, statements, reads) in instance_route.measure(work / "route").items():
+                key = "route_" + hop.split(",")[0].lower().replace("-", "")
+                report.add(f"{key}_transactions", transactions)
+                report.add(f"{key}_statements", statements)
+                report.add(f"{key}_file_reads", reads)
     finally:
         if os.environ.get("BENCH_KEEP") == "1":
             report.note(f"work folder kept: {work}")
