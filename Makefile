@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip "setuptools>=69"  # builds the wheel offline in tests
+	$(VENV)/bin/pip install --quiet --upgrade pip "setuptools>=77"  # builds the wheel offline in tests
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -35,6 +35,7 @@ run: system-deps install
 test: system-deps install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(VENV)/bin/python -m pytest -q -ra
 
 lint: install
