@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     batch_studies: int = Field(8, ge=1)  # ready studies a worker classifies in one forward pass
     batch_wait_seconds: float = Field(0.0, ge=0)  # wait this long for a batch to fill (GPU bulk work)
     decode_processes: int = Field(2, ge=0)  # a worker's image-decoding processes (0: one, as 1)
-    # Hostile pixels (README, Security): decoding runs only in child processes under these limits.
+    # Hostile pixels (docs/security.md): decoding runs only in child processes under these limits.
     max_decoded_bytes: int = Field(256 * 1024 * 1024, gt=0)  # rows x cols x samples x bits x frames
     decode_memory_bytes: int = Field(2 * 1024**3, ge=256 * 1024**2)  # each child's RLIMIT_AS
     decode_timeout_seconds: float = Field(30.0, gt=0)  # one file's decode; then the child is killed
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_associations: int = Field(10, ge=1)
-    # Hostile peers (README, Security): what a connection may cost before it is cut off.
+    # Hostile peers (docs/security.md): what a connection may cost before it is cut off.
     max_pending_connections: int = Field(20, ge=1)  # connected, not yet associated, from all peers
     max_pending_per_peer: int = Field(4, ge=1)  # ... and from any one address
     max_associate_rq_bytes: int = Field(65536, ge=1024)  # an A-ASSOCIATE-RQ PDU

@@ -1,6 +1,6 @@
 """Which images the chest classifier may see.
 
-Rules, in order (the README lists them too):
+Rules, in order (docs/conformance.md lists them too):
 1. The SOP class must be a radiograph class (CR, DX, Secondary Capture); anything else is skipped.
 2. Modality, when present, must be CR, DX or (for Secondary Capture) OT.
 3. BodyPartExamined, when present, must be CHEST or THORAX.

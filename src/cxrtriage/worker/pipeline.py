@@ -5,7 +5,7 @@ works on all the batch's studies at once. Whatever a study step raises becomes a
 and a "not analysed" SR for that study alone, never silence (`report_failure`). Only if even that
 cannot be written (storage or database down) is the claim given back, so the study is redone;
 the attempt limit at claim time ends the loop. Studies claimed together share one forward pass.
-A new step is one function and one entry in `STEPS`; `pipeline_diagram()` draws them (README).
+A new step is one function and one entry in `STEPS`; `pipeline_diagram()` draws them (README.md and docs/architecture.md, tested).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def run_steps(rt: Runtime, runs: list[StudyRun]) -> None:
 
 
 def pipeline_diagram() -> str:
-    """`STEPS` as the README draws them: one line a step, batch steps marked."""
+    """`STEPS` as README.md and docs/architecture.md draw them: one line a step, batch steps marked."""
     lines = ["claim (DB, worker/processing.py)"]
     for step in STEPS:
         where = "  [batch: all claimed studies together]" if step.scope is Scope.BATCH else ""
