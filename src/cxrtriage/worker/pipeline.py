@@ -5,7 +5,8 @@ works on all the batch's studies at once. Whatever a study step raises becomes a
 and a "not analysed" SR for that study alone, never silence (`report_failure`). Only if even that
 cannot be written (storage or database down) is the claim given back, so the study is redone;
 the attempt limit at claim time ends the loop. Studies claimed together share one forward pass.
-A new step is one function and one entry in `STEPS`; `pipeline_diagram()` draws them (README.md and docs/architecture.md, tested).
+A new step is one function and one entry in `STEPS`; `pipeline_diagram()` draws them, as
+README.md and docs/architecture.md show them (tests/unit/test_readme.py).
 """
 
 from __future__ import annotations
