@@ -23,7 +23,6 @@ from cxrtriage.db.models import (
 )
 from cxrtriage.domain import FINISHED, SR_KINDS, ExportState, StudyState
 
-FINISHED_STATES = FINISHED  # kept for cli_ops.py until it imports domain.FINISHED
 WAITING_STATES = (StudyState.RECEIVED, StudyState.QUEUED, StudyState.PROCESSING)
 
 
@@ -71,12 +70,13 @@ def select_for_reprocessing(session: Session, selection: ReprocessSelection) -> 
 
 
 def requeue_finished(session: Session, study_uid: str, states: tuple[str, ...], reason: str) -> bool:
-    """Put one finished study back to queued (a fresh run: attempts start again). False when it
-    is no longer in one of `states` (new images arrived, or someone else requeued it)."""
+    """Put one finished study back to queued (a fresh run: attempts start again), marked as bulk
+    work that live studies go before. False when it is no longer in one of `states` (new images
+    arrived, or someone else requeued it)."""
     result = session.execute(update(Study).where(Study.study_uid == study_uid, Study.state.in_(states),
                                                  Study.purged_at.is_(None))
                              .values(state=StudyState.QUEUED, queued_at=utcnow(), attempts=0,
-                                     reason=reason))
+                                     reason=reason, bulk=True))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
