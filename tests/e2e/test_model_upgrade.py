@@ -1,7 +1,8 @@
 """The model upgrade procedure of docs/operations.md ("Upgrading the model"), step by step: serve
-version 1, install a new package, point CXRTRIAGE_MODEL at it, restart, `cxrtriage reprocess --dry-
-run`, reprocess (a chosen study first, then the rest, with the progress bar), and keep old and new
-results side by side; `cxrtriage models` shows both versions with their thresholds and studies read."""
+version 1, install a new package, point CXRTRIAGE_MODEL at it, restart, `cxrtriage reprocess
+--dry-run`, reprocess (a chosen study first, then the rest, with the progress bar), and keep old and
+new results side by side; `cxrtriage models` shows both versions with their thresholds and studies
+read."""
 
 from __future__ import annotations
 
