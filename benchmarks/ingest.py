@@ -10,6 +10,7 @@ it answers.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -100,16 +101,48 @@ def orthanc(work: Path, one: list[Path], four: list[Path]) -> Rates:
         pacs.proc.stop()
 
 
-def receiver(work: Path, one: list[Path], four: list[Path]) -> Rates:
+def receiver(work: Path, one: list[Path], four: list[Path], processes: int = 1) -> Rates:
+    """`processes` receivers sharing the port (a group, SO_REUSEPORT); peak RSS is the sum."""
     port = free_port()
     folder = work / "rx"
     folder.mkdir(parents=True)
-    proc = Proc("receiver", [sys.executable, "-m", "cxrtriage.cli", "receiver", "--no-scheduler"], work,
-                cwd=folder, env=cli_env({"CXRTRIAGE_PORT": str(port)}))
+    env = cli_env({"CXRTRIAGE_PORT": str(port)})
+    command = [sys.executable, "-m", "cxrtriage.cli"]
+    subprocess.run([*command, "db", "upgrade"], cwd=folder, env={**os.environ, **env}, check=True,
+                   stdout=subprocess.DEVNULL)  # once, before the group starts
+    procs = [Proc(f"receiver-{i}", [*command, "receiver", "--no-scheduler", "--group-size", str(processes),
+                                    "--group-index", str(i)], work, cwd=folder, env=env)
+             for i in range(processes)]
     try:
-        wait_for(lambda: echoscu(port), 120, "cxrtriage receiver", interval=0.5)
+        wait_for(lambda: all(p.alive() for p in procs) and echoscu(port), 120, "cxrtriage receiver",
+                 interval=0.5)
         rates = _rates(port, "CXRTRIAGE", one, four,
                        lambda: _stored_by_receiver(folder / "var" / "storage"))
-        return Rates(*rates, peak_rss_mb(proc.proc.pid))
+        rss = [peak_rss_mb(p.proc.pid) for p in procs]
+        return Rates(*rates, sum(r for r in rss if r is not None) or None)
     finally:
-        proc.stop()
+        for proc in procs:
+            proc.stop()
+
+
+def durable_floor(work: Path, files: list[Path]) -> float:
+    """The machine's durable-write floor: files/s of a plain loop that writes each file to a temporary
+    name, fsyncs it, renames it into place and fsyncs the folder (what the receiver does per instance,
+    without DICOM, the network or the index)."""
+    folder = work / "floor"
+    folder.mkdir(parents=True)
+    datas = [p.read_bytes() for p in files]
+    start = time.perf_counter()
+    for n, data in enumerate(datas):
+        temporary, final = folder / f".{n}.tmp", folder / f"{n}.dcm"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return len(datas) / (time.perf_counter() - start)

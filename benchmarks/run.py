@@ -300,17 +300,24 @@ def _ingest(report: Report, work: Path, count: int) -> None:
                 "association, then another over four parallel storescu; every instance verified stored")
     rates = {"storescp": ingest.storescp(work / "ingest-scp", one, four),
              "orthanc": ingest.orthanc(work / "ingest-orthanc", one, four),
-             "cxrtriage": ingest.receiver(work / "ingest-rx", one, four)}
+             "cxrtriage": ingest.receiver(work / "ingest-rx", one, four),
+             "cxrtriage_group2": ingest.receiver(work / "ingest-rx2", one, four, processes=2)}
+    floor_rate = ingest.durable_floor(work / "ingest-floor", one + four)
+    report.add("ingest_durable_write_floor_files_per_s", floor_rate, 1)
     report.add("ingest_instances_per_round", count)
     for mode in ("one", "four"):
         label = {"one": "1assoc", "four": "4assoc"}[mode]
         for name, r in rates.items():
             report.add(f"ingest_{label}_{name}_instances_per_s", getattr(r, mode), 1)
-        report.ratio(f"ingest_{label}_cxrtriage_to_orthanc_ratio", getattr(rates["cxrtriage"], mode),
-                     getattr(rates["orthanc"], mode), 2)
-        report.ratio(f"ingest_{label}_cxrtriage_to_storescp_ratio", getattr(rates["cxrtriage"], mode),
-                     getattr(rates["storescp"], mode), 2)
+        for name in ("cxrtriage", "cxrtriage_group2"):
+            report.ratio(f"ingest_{label}_{name}_to_orthanc_ratio", getattr(rates[name], mode),
+                         getattr(rates["orthanc"], mode), 2)
+            report.ratio(f"ingest_{label}_{name}_to_storescp_ratio", getattr(rates[name], mode),
+                         getattr(rates["storescp"], mode), 2)
+            report.ratio(f"ingest_{label}_{name}_to_durable_floor_ratio", getattr(rates[name], mode),
+                         floor_rate, 2)
     report.add("ingest_receiver_peak_rss_mb", rates["cxrtriage"].peak_rss_mb, 0)
+    report.add("ingest_receiver_group2_peak_rss_mb", rates["cxrtriage_group2"].peak_rss_mb, 0)
     report.add("ingest_orthanc_peak_rss_mb", rates["orthanc"].peak_rss_mb, 0)
 
 

@@ -20,6 +20,8 @@ from cxrtriage.errors import ConfigError
 
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "pneumonia-resnet18"
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+HeatmapObject = Literal["secondary-capture", "segmentation"]
+HEATMAP_OBJECTS: tuple[HeatmapObject, ...] = ("secondary-capture", "segmentation")
 
 
 class Destination:
@@ -70,7 +72,11 @@ class Settings(BaseSettings):
     sr_for_non_radiograph_studies: bool = False
     sweep_interval_seconds: float = Field(1.0, gt=0)
     model: Path = BUNDLED_MODEL
-    heatmaps: bool = True  # a heat map Secondary Capture per classified image, sent with the SR
+    heatmaps: bool = True  # heat maps per classified image, sent with the SR (false: none at all)
+    # Which heat map objects: "secondary-capture" (a picture every viewer shows) and/or
+    # "segmentation" (the map as data over the image: a fractional SEG for OHIF, Slicer, ...).
+    heatmap_objects: Annotated[list[HeatmapObject], NoDecode] = Field(
+        default_factory=lambda: list(HEATMAP_OBJECTS))
     max_instance_bytes: int = Field(256 * 1024 * 1024, gt=0)
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
@@ -97,6 +103,9 @@ class Settings(BaseSettings):
     sr_tls: bool = False
     tls_required: bool = True  # production: the receiver refuses to listen without TLS unless false
     receiver_id: str = ""  # owner of this receiver's association rows; default host:port
+    # Receiver processes sharing the port (SO_REUSEPORT) in `serve`; the association and pending
+    # connection limits are split among them, so the totals stay what the settings say.
+    receiver_processes: int = Field(1, ge=1, le=64)
     association_liveness_seconds: float = Field(300.0, gt=0)  # rows of a dead receiver expire
     min_free_bytes: int = Field(1024**3, ge=0)  # refuse new instances (0xA700) below this
     max_disk_used_percent: float = Field(90.0, gt=0, le=100)  # ... or above this
@@ -149,7 +158,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("allowed_calling_aes", "allowed_peers", "ae_title_aliases", "tls_peer_identities",
-                     mode="before")
+                     "heatmap_objects", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         """Accept `A,B` as well as a JSON list, so operators can write either."""
@@ -158,6 +167,14 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("heatmap_objects")
+    @classmethod
+    def _check_heatmap_objects(cls, value: list[HeatmapObject]) -> list[HeatmapObject]:
+        if not value:
+            raise ValueError("CXRTRIAGE_HEATMAP_OBJECTS names secondary-capture, segmentation or both; "
+                             "CXRTRIAGE_HEATMAPS=false turns heat maps off")
+        return list(dict.fromkeys(value))
 
     @field_validator("allowed_peers")
     @classmethod

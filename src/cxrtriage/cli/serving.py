@@ -38,12 +38,19 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
-def receiver_identity(settings: Settings) -> str:
+def receiver_identity(settings: Settings, group: tuple[int, int] = (0, 1)) -> str:
     """Whose association rows these are: the same on every restart of this receiver, distinct
-    between receivers on several hosts sharing one database."""
+    between receivers on several hosts sharing one database, and between the processes of a
+    group sharing one port (`group`: this process's index, and the group's size)."""
     import socket
 
-    return settings.receiver_id or f"{socket.gethostname()}:{settings.port}"
+    identity = settings.receiver_id or f"{socket.gethostname()}:{settings.port}"
+    return f"{identity}/{group[0]}" if group[1] > 1 else identity
+
+
+def share(limit: int, processes: int) -> int:
+    """One process's part of a limit that a group of receiver processes enforces together."""
+    return max(1, -(-limit // processes))
 
 
 def cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,15 +78,18 @@ def cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.database_url)
     dispatcher = Dispatcher(configure_app(settings))
     db = Database(settings.database_url)
-    identity = receiver_identity(settings)
+    group = (args.group_index, args.group_size)
+    if not 0 <= group[0] < group[1]:
+        raise ConfigError(f"--group-index must be in 0..{group[1] - 1}, got {group[0]}")
+    identity = receiver_identity(settings, group)
     with db.session() as session:
         closed = close_stale_associations(session, identity)
     logger.info("receiver starting", extra={"receiver_id": identity, "stale_associations_closed": closed})
     limits = ReceiverLimits(max_instance_bytes=settings.max_instance_bytes,
                             max_decoded_bytes=settings.max_decoded_bytes,
-                            max_associations=settings.max_associations,
-                            max_pending_connections=settings.max_pending_connections,
-                            max_pending_per_peer=settings.max_pending_per_peer,
+                            max_associations=share(settings.max_associations, group[1]),
+                            max_pending_connections=share(settings.max_pending_connections, group[1]),
+                            max_pending_per_peer=share(settings.max_pending_per_peer, group[1]),
                             max_pdu_size=settings.max_pdu_size,
                             max_associate_rq_bytes=settings.max_associate_rq_bytes,
                             pdu_timeout=settings.pdu_timeout,
@@ -103,7 +113,7 @@ def cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
     receiver = Receiver(settings.ae_title, InstanceStore(settings.storage_dir), index, limits, access, tls,
                         watermark)
     stop = _wait_for_signal()
-    receiver.start(settings.host, settings.port)
+    receiver.start(settings.host, settings.port, shared_port=group[1] > 1)
     scheduler = None
     if not args.no_scheduler:
         scheduler = threading.Thread(target=run_scheduler, args=(settings, stop, scheduler_metrics),
@@ -171,7 +181,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     def metrics(offset: int) -> list[str]:
         return ["--metrics-port", str(port + offset)] if port else []
 
-    return supervise({"receiver": ["receiver", *metrics(0)],
+    group = settings.receiver_processes
+    receivers = {f"receiver-{i}" if group > 1 else "receiver":
+                 ["receiver", "--group-index", str(i), "--group-size", str(group),
+                  *(["--no-scheduler"] if i else []), *metrics(0 if i == 0 else 2 + i)]
+                 for i in range(group)}
+    return supervise({**receivers,
                       "worker": ["worker", "--pool", "solo", "--queues", "studies", *metrics(1)],
                       "exporter": ["worker", "--pool", "threads", "--queues", "exports",
                                    "--concurrency", str(settings.export_concurrency), *metrics(2)],
@@ -189,6 +204,10 @@ def register(sub: Subparsers) -> None:
     add_command(sub, "serve", cmd_serve, "receiver, scheduler, worker and review app in one process tree")
     p = add_command(sub, "receiver", cmd_receiver, "the DICOM receiver (C-ECHO, C-STORE) with its scheduler")
     p.add_argument("--no-scheduler", action="store_true", help="do not run the scheduler thread")
+    p.add_argument("--group-size", type=int, default=1,
+                   help="receiver processes sharing the port (SO_REUSEPORT); the association and "
+                        "pending-connection limits are split among them")
+    p.add_argument("--group-index", type=int, default=0, help="this process's place in the group (0..size-1)")
     add_metrics_port(p)
     p = add_command(sub, "scheduler", cmd_scheduler,
                     "the scheduler alone: queues quiet studies, retries, nightly jobs")

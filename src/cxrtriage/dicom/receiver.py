@@ -22,6 +22,7 @@ import functools
 import hashlib
 import ipaddress
 import logging
+import socket
 import ssl
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, dimse_messages, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from cxrtriage.dicom.associations import AssociationIndex, Associations
 from cxrtriage.dicom.contexts import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
@@ -64,6 +66,16 @@ pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 __all__ = ["CANNOT_UNDERSTAND", "DATASET_MISMATCH", "LIMIT_EXCEEDED", "OUT_OF_RESOURCES", "SUCCESS",
            "UID_CONFLICT", "AccessPolicy", "Receiver", "ReceiverIndex", "ReceiverLimits",
            "inspect_file", "validate_dataset"]
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, binding with SO_REUSEPORT so that receiver processes share a
+    port; the kernel spreads new connections among them."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:  # made by socketserver before it binds
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class ReceiverIndex(AssociationIndex, Protocol):
@@ -176,15 +188,20 @@ class Receiver:
                 (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._connection_closed),
                 (evt.EVT_REJECTED, self._rejected_association)]
 
-    def start(self, host: str, port: int) -> None:
+    def start(self, host: str, port: int, shared_port: bool = False) -> None:
+        """Listen on (host, port). With `shared_port`, several receiver processes bind the same
+        port (SO_REUSEPORT) and the kernel spreads new connections among them."""
         self._use_spool()
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self.handlers(),
-                                            ssl_context=self.ssl_context)
-        server = self._server
+        server_class = SharedPortServer if shared_port else ThreadedAssociationServer
+        server: Any = self.ae.make_server((host, port), evt_handlers=self.handlers(),
+                                          ssl_context=self.ssl_context, server_class=server_class)
+        self._server = server
         server.verify_request = self._verify_peer  # socketserver's per-connection hook
         if self.ssl_context is not None:  # handshake per connection, not in the accept loop
             DeferredHandshake(self.ssl_context, self.limits.tls_handshake_timeout,
                               self.limits.max_pending_connections).install(server)
+        # Accepting starts once the hooks are in place: no connection gets past them.
+        threading.Thread(target=server.serve_forever, name="receiver-acceptor", daemon=True).start()
         self._heartbeat = threading.Thread(target=self._beat, name="receiver-heartbeat", daemon=True)
         self._heartbeat.start()
         logger.info("receiver listening", extra={"ae_title": self.ae.ae_title, "port": port,

@@ -1,0 +1,58 @@
+"""Receiver processes sharing one port (SO_REUSEPORT): two `cxrtriage receiver` processes of one
+group, dcmtk's storescu sending over many associations; every instance is stored and indexed
+once, each process records its associations under its own receiver id, and the group splits the
+association limit between its processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from cxrtriage.cli.serving import receiver_identity, share
+from cxrtriage.config import Settings
+from cxrtriage.db.models import Association, Instance
+from cxrtriage.db.session import Database, upgrade
+from tests.factory import radiograph, write_study
+from tests.peers import echoscu, storescu
+from tests.servers import LOOPBACK, Proc, free_port, running, wait_for
+
+ASSOCIATIONS = 16  # all 16 landing on one of two processes by chance: 2 in 65,536
+
+
+def test_two_receiver_processes_share_the_port_and_lose_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)  # once, before the group starts
+    port = free_port()
+    env = {"CXRTRIAGE_DATABASE_URL": url, "CXRTRIAGE_STORAGE_DIR": str(tmp_path / "storage"),
+           "CXRTRIAGE_HOST": LOOPBACK, "CXRTRIAGE_PORT": str(port), "CXRTRIAGE_RECEIVER_ID": "rx",
+           "CXRTRIAGE_METRICS_PORT": "0", "CXRTRIAGE_BROKER_DIR": str(tmp_path / "broker")}
+    procs = [Proc(f"receiver-{i}", [sys.executable, "-m", "cxrtriage.cli", "receiver", "--no-scheduler",
+                                    "--group-size", "2", "--group-index", str(i)], tmp_path, env)
+             for i in range(2)]
+    with running(procs):
+        wait_for(lambda: all(p.alive() for p in procs) and echoscu(port), 60, "both receivers")
+        sent = 0
+        for n in range(ASSOCIATIONS):
+            files = write_study(tmp_path / f"send-{n}", [radiograph(), radiograph()])
+            assert storescu(port, files).returncode == 0
+            sent += len(files)
+        db = Database(url)
+        with db.session() as session:
+            stored = session.scalar(select(func.count()).select_from(Instance))
+            owners = set(session.scalars(select(Association.receiver_id)))
+        assert stored == sent
+        assert owners == {"rx/0", "rx/1"}, "the kernel spread the associations over both processes"
+
+
+@pytest.mark.parametrize(("limit", "processes", "each"), [(10, 1, 10), (10, 2, 5), (10, 3, 4), (1, 4, 1)])
+def test_a_group_splits_its_limits(limit: int, processes: int, each: int) -> None:
+    assert share(limit, processes) == each
+
+
+def test_each_process_of_a_group_has_its_own_identity() -> None:
+    settings = Settings(receiver_id="rx")
+    assert receiver_identity(settings) == "rx"
+    assert [receiver_identity(settings, (i, 3)) for i in range(3)] == ["rx/0", "rx/1", "rx/2"]
