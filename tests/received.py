@@ -11,7 +11,7 @@ from sqlalchemy import select
 from cxrtriage.db import ingest
 from cxrtriage.db.models import SrExport, Study
 from cxrtriage.db.studies import queue_quiet_studies
-from cxrtriage.domain import ExportKind, StoredInstance
+from cxrtriage.domain import SR_KINDS, StoredInstance
 from cxrtriage.worker.runtime import Runtime
 
 
@@ -45,7 +45,7 @@ def srs(rt: Runtime, study_uid: str) -> list[SrExport]:
     with rt.db.session() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         rows = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
-                                                      SrExport.kind != ExportKind.HEATMAP)
+                                                      SrExport.kind.in_(SR_KINDS))
                                .order_by(SrExport.id)).all()
         session.expunge_all()
         return list(rows)

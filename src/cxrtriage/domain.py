@@ -41,15 +41,17 @@ class SeriesState(enum.StrEnum):
 
 
 class ExportKind(enum.StrEnum):
-    """What an export row sends: our AI SR (analysed or not) or a heatmap image."""
+    """What an export row sends: our AI SR (analysed or not) or a heat map object."""
 
     ANALYSED = "analysed"
     NOT_ANALYSED = "not_analysed"
-    HEATMAP = "heatmap"
+    HEATMAP = "heatmap"  # the heat map as a picture: an RGB Secondary Capture (any viewer shows it)
+    HEATMAP_SEG = "heatmap_seg"  # the heat map as data: a fractional Segmentation over the image
     ASSESSMENT = "assessment"  # a radiologist's verdict on an AI SR (review app); not an AI result
 
 
 SR_KINDS = (ExportKind.ANALYSED, ExportKind.NOT_ANALYSED)
+HEATMAP_KINDS = (ExportKind.HEATMAP, ExportKind.HEATMAP_SEG)  # one object each per classified image
 
 
 class Reason(enum.StrEnum):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import SegmentationStorage, generate_uid
 
 from cxrtriage.dicom.contexts import SECONDARY_CAPTURE
 from tests.conftest import BUNDLED
@@ -93,6 +94,26 @@ def test_study_sent_by_orthanc_comes_back_as_sr(tmp_path: Path, service_factory,
     heatmaps = wait_for(lambda: orthanc.post("/tools/find", {"Level": "Instance", "Query": {
         "StudyInstanceUID": study_uid, "SOPClassUID": SECONDARY_CAPTURE}}), 60, "heatmaps in Orthanc")
     assert len(heatmaps) == 2  # type: ignore[arg-type]
+
+    # ... and a heat map Segmentation per image (the map as data on the image's pixel grid),
+    # which Orthanc accepts and which references its image in the same study.
+    def segmentations() -> list[str] | None:
+        found = cast(list[str], orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+            "StudyInstanceUID": study_uid, "SOPClassUID": SegmentationStorage}}))
+        return found if len(found) >= 2 else None
+
+    segs = cast(list[str], wait_for(segmentations, 60, "heatmap segmentations in Orthanc"))
+    assert len(segs) == 2
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
+    referenced_images = set()
+    for instance in segs:
+        seg = pydicom.dcmread(BytesIO(cast(bytes, orthanc.get(f"/instances/{instance}/file"))))
+        assert seg.SegmentationType == "FRACTIONAL" and seg.StudyInstanceUID == study_uid
+        source = by_uid[str(seg.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert seg.PatientID == source.PatientID and seg.SeriesInstanceUID != series_uid
+        assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+        referenced_images.add(str(source.SOPInstanceUID))
+    assert referenced_images == set(by_uid)
 
     # Sending the same images again creates no second SR; a new image supersedes the first SR.
     orthanc.post("/modalities/cxrtriage/store", {"Resources": ids, "Synchronous": True})

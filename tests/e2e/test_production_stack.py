@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import SegmentationStorage, generate_uid
 
 from cxrtriage.dicom.contexts import SECONDARY_CAPTURE
 from tests.factory import COMPREHENSIVE_3D_SR, radiograph, write_study
@@ -59,13 +59,16 @@ def test_redis_postgres_two_workers(tmp_path: Path, service_factory, tiny_packag
 
     rows = wait_for(all_sent, 120, "three SRs sent", interval=0.5)
     assert all(r["state"] == "done" and len(r["image_results"]) == 2 for r in rows)  # type: ignore[union-attr]
-    wait_for(lambda: len(list(inbox.iterdir())) == 3 + 6, 60, "three SRs and six heatmaps at the PACS")
+    wait_for(lambda: len(list(inbox.iterdir())) == 3 + 6 + 6, 60,
+             "three SRs, six heatmap pictures and six heatmap segmentations at the PACS")
     received = [pydicom.dcmread(p) for p in inbox.iterdir()]
     srs = [ds for ds in received if ds.SOPClassUID == COMPREHENSIVE_3D_SR]
     heatmaps = [ds for ds in received if ds.SOPClassUID == SECONDARY_CAPTURE]
+    segmentations = [ds for ds in received if ds.SOPClassUID == SegmentationStorage]
     assert sorted(str(ds.StudyInstanceUID) for ds in srs) == sorted(studies)
     assert {str(ds.SOPInstanceUID) for ds in srs} == {r["sr_uid"] for r in rows}  # type: ignore[union-attr]
     assert len(heatmaps) == 6 and {str(ds.StudyInstanceUID) for ds in heatmaps} == set(studies)
+    assert len(segmentations) == 6 and {str(ds.StudyInstanceUID) for ds in segmentations} == set(studies)
     worker_logs = [p.log() for p in service.procs if p.name.startswith("worker")]
     assert all("cxrtriage.process_study" in log for log in worker_logs) or len(studies) < 2
     service.stop()

@@ -52,5 +52,7 @@ def test_killed_worker_study_is_redone_once(tmp_path: Path, service_factory) -> 
     assert results == IMAGES, "each image has exactly one result"
     assert kinds.count("analysed") == 1, "exactly one SR for the study"
     assert kinds.count("heatmap") == IMAGES, "exactly one heatmap per image"
+    assert kinds.count("heatmap_seg") == IMAGES, "exactly one heatmap segmentation per image"
+    assert len(kinds) == 1 + 2 * IMAGES
     service.stop()
     service.check_logs()

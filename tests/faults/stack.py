@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from cxrtriage.db.models import Instance, SrExport, Study
 from cxrtriage.db.session import Database
+from cxrtriage.domain import SR_KINDS
 from tests.conftest import Service
 from tests.factory import COMPREHENSIVE_3D_SR
 from tests.servers import LOOPBACK, Orthanc, Proc, binary, port_open, wait_for
@@ -176,7 +177,7 @@ def check_one_current_sr_each(stack: Stack, study_uids: list[str], timeout: floa
         for uid in study_uids:
             if uid in current:
                 continue
-            rows = [r for r in stack.export_rows(uid) if r.kind != "heatmap"]
+            rows = [r for r in stack.export_rows(uid) if r.kind in SR_KINDS]
             if not rows or rows[-1].state != "sent":
                 return False
             found = current_srs(srs_at_pacs(stack.orthanc, uid))

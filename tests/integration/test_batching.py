@@ -26,6 +26,7 @@ from cxrtriage.worker import pipeline
 from cxrtriage.worker.processing import process_ready
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import radiograph
+from tests.pipeline_steps import replace_step
 from tests.received import current, receive, srs
 
 
@@ -97,6 +98,9 @@ def test_ready_studies_share_one_forward_pass_and_each_gets_its_own_sr(rt, monke
             heatmaps = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
                                                               SrExport.kind == ExportKind.HEATMAP)).all()
             assert len(heatmaps) == len(own)
+            maps = session.scalars(select(SrExport).where(SrExport.study_id == study.id,
+                                                          SrExport.kind == ExportKind.HEATMAP_SEG)).all()
+            assert sorted(m.source_instance_id for m in maps) == sorted(i.id for i in own)
 
 
 def test_a_failing_joint_pass_falls_back_to_each_study_alone(rt, monkeypatch) -> None:
@@ -123,8 +127,7 @@ def test_one_bad_study_never_fails_its_neighbours(rt, monkeypatch) -> None:
             raise ValueError("highdicom refused a value")
         real(rt_, run)
 
-    monkeypatch.setattr(pipeline, "STEPS", tuple((n, report if n == "report" else s)
-                                                 for n, s in pipeline.STEPS))
+    replace_step(monkeypatch, "report", report)
     states = process_ready(rt, uids[0])
     assert states == {uids[0]: "done", bad: "failed", uids[2]: "done"}
     with rt.db.session() as session:
@@ -146,8 +149,7 @@ def test_an_instance_arriving_during_a_batch_makes_its_study_read_again(rt, monk
         if run.claim.study_uid == late and not arrived:  # a late image, while the batch runs
             arrived.append(receive(rt_, [radiograph(late, "normal-2", PatientID="PAT0002")]))
 
-    monkeypatch.setattr(pipeline, "STEPS", tuple((n, classify if n == "classify" else s)
-                                                 for n, s in pipeline.STEPS))
+    replace_step(monkeypatch, "classify", classify)
     states = process_ready(rt, uids[0])
     assert states[late] is None and states[uids[0]] == states[uids[1]] == "done"
     assert srs(rt, late) == []  # nothing stated about a study that changed while read
@@ -172,10 +174,10 @@ def test_a_killed_decoder_process_costs_time_not_studies(rt, monkeypatch) -> Non
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    monkeypatch.setattr(pipeline, "decode_ahead", decode_then_kill)
+    replace_step(monkeypatch, "decode ahead", decode_then_kill)
     assert process_ready(rt, uids[0]) == {uid: "done" for uid in uids}
     assert killed
-    monkeypatch.setattr(pipeline, "decode_ahead", real)  # the next batch gets a new pool
+    replace_step(monkeypatch, "decode ahead", real)  # the next batch gets a new pool
     more = _studies(rt, 2)
     assert process_ready(rt, more[0]) == {uid: "done" for uid in more}
 

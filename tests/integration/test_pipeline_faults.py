@@ -21,6 +21,7 @@ from cxrtriage.worker import pipeline
 from cxrtriage.worker.processing import process_ready
 from cxrtriage.worker.runtime import Runtime
 from tests.factory import radiograph
+from tests.pipeline_steps import declared, replace_step
 from tests.received import current, receive, srs
 from tests.servers import binary
 
@@ -51,8 +52,7 @@ def study_reason(rt: Runtime, study_uid: str) -> tuple[str, str]:
 def inject(monkeypatch: pytest.MonkeyPatch, step_name: str, error: Exception) -> list[int]:
     """Make `step_name` raise `error` the first time it runs."""
     calls: list[int] = []
-    steps = dict(pipeline.STEPS)
-    real = steps[step_name]
+    real = declared(step_name)
 
     def failing(rt: Runtime, run: pipeline.StudyRun) -> None:
         calls.append(1)
@@ -60,9 +60,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, step_name: str, error: Exception) ->
             raise error
         real(rt, run)
 
-    monkeypatch.setattr(pipeline, "STEPS", tuple((n, failing if n == step_name else s)
-                                                 for n, s in pipeline.STEPS))
-    monkeypatch.setattr(pipeline, step_name.replace(" and ", "_and_").replace(" ", "_"), failing)
+    replace_step(monkeypatch, step_name, failing)
     return calls
 
 

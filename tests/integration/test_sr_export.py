@@ -94,9 +94,13 @@ def test_listening_destination_receives_the_sr(tmp_path, pacs):
     assert [str(ds.SOPInstanceUID) for ds in received] == [row.sr_sop_instance_uid]
 
 
-def test_a_studys_sr_and_heatmap_go_out_over_one_association(tmp_path, pacs):
+def test_a_studys_sr_and_heatmaps_go_out_over_one_association(tmp_path, pacs):
+    import numpy as np
+
     from cxrtriage.db.models import Study
     from cxrtriage.db.results import record_export
+    from cxrtriage.dicom.heatmap_map import build_heatmap_segmentation
+    from cxrtriage.dicom.sr_header import clean_header
     from cxrtriage.domain import ExportKind
     from tests.factory import radiograph
 
@@ -114,11 +118,22 @@ def test_a_studys_sr_and_heatmap_go_out_over_one_association(tmp_path, pacs):
             series_uid=str(image.SeriesInstanceUID), sop_uid=str(image.SOPInstanceUID),
             supersedes_uid=None, kind=ExportKind.HEATMAP, path=str(path),
             destination=rt.settings.sr_destination).id
+        activation = np.zeros((image.Rows, image.Columns), np.float32)
+        activation[50:100, 60:120] = 0.75
+        seg = build_heatmap_segmentation(clean_header(image), image, activation, MODEL, "PNEUMONIA", 1)
+        seg_path = tmp_path / "heatmap-seg.dcm"
+        seg.save_as(seg_path, enforce_file_format=True)
+        seg_id = record_export(
+            session, study_id=sr.study_id, model_version_id=sr.model_version_id,
+            series_uid=str(seg.SeriesInstanceUID), sop_uid=str(seg.SOPInstanceUID),
+            supersedes_uid=None, kind=ExportKind.HEATMAP_SEG, path=str(seg_path),
+            destination=rt.settings.sr_destination).id
     with rt.db.session() as session:
         batches = due_export_batches(session, hold_seconds=60)
-    assert batches == [[sr_id, heatmap_id]]
-    assert export_srs(rt, batches[0]) == ["sent", "sent"]
-    assert len(list(pacs.inbox.iterdir())) == 2
+    assert batches == [[sr_id, heatmap_id, seg_id]]
+    assert export_srs(rt, batches[0]) == ["sent", "sent", "sent"]
+    received = [pydicom.dcmread(p) for p in pacs.inbox.iterdir()]
+    assert len(received) == 3 and str(seg.SOPInstanceUID) in {str(ds.SOPInstanceUID) for ds in received}
     assert pacs.proc.log().count("Association Acknowledged") == 1  # (the port probe is not one)
 
 

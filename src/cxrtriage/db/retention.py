@@ -23,7 +23,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cxrtriage.db.models import Instance, Rejection, SrExport, Study, utcnow
-from cxrtriage.domain import FINISHED, ExportKind, ExportState
+from cxrtriage.domain import FINISHED, HEATMAP_KINDS, ExportState
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def claim_purge(session: Session, study_id: int, retention_days: int,
         return None
     paths = list(session.scalars(select(Instance.path).where(Instance.study_id == study_id)).all())
     paths += session.scalars(select(SrExport.path).where(
-        SrExport.study_id == study_id, SrExport.kind == ExportKind.HEATMAP,
+        SrExport.study_id == study_id, SrExport.kind.in_(HEATMAP_KINDS),
         SrExport.state != ExportState.PENDING)).all()
     return Purge(study_id, paths)
 

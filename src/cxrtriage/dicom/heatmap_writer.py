@@ -1,5 +1,9 @@
 """Heat maps (class activation maps) as DICOM Secondary Capture images in the source image's study, so that a
-radiologist can open them in the PACS viewer next to the radiograph."""
+radiologist can open them in the PACS viewer next to the radiograph.
+
+The picture is the model's square input with the map blended in; every viewer shows it, but its
+values are colours. The same map as data, on the radiograph's own pixel grid, is the fractional
+Segmentation of heatmap_map.py."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cxrtriage.dicom.gating import gate_image
+from cxrtriage.dicom.geometry import TrimBox, trim_box
 from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.domain import Reason
@@ -35,6 +36,9 @@ class Examined:
     failed: Reason | None = None
     detail: str = ""  # the error's own message, for `predict` (never patient data)
     warnings: list[str] = field(default_factory=list)
+    # Where `image` was cut from the decoded image (fit_to_square trims the same box): a heat map
+    # in the model's square maps back into it (dicom/heatmap_map.map_to_source).
+    trim: TrimBox | None = None
 
     @property
     def reason(self) -> Reason | None:
@@ -78,7 +82,9 @@ def prepare(item: Examined, input_size: int, gray: np.ndarray | None = None) -> 
     if item.header is None:
         raise ValueError("prepare needs an item with a header")
     try:
-        item.image = fit_to_square(dataset_to_gray(item.header) if gray is None else gray, input_size)
+        gray = dataset_to_gray(item.header) if gray is None else gray
+        item.image = fit_to_square(gray, input_size)
+        item.trim = trim_box(gray)
     except InvalidInputError as exc:
         item.failed, item.detail = exc.reason, str(exc)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cxrtriage.dicom.geometry import trim_padding  # the trim, in numpy: the review app uses it too
 from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.reading import read_dataset
 from cxrtriage.errors import InvalidInputError
@@ -24,10 +25,6 @@ PREPROCESSING_CHANGES = {  # what each version changed, for model cards, oldest 
     "3": "uniform bands at the edges (padding, shutter fill) are trimmed before the picture is squashed",
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-PADDING_TOLERANCE = 1 / 32  # a line is padding when every pixel is this close to the edge's value
-# (1/32: the ringing of JPEG baseline and JPEG 2000 lossy at the edge of a padded picture)
-MIN_PADDING_FRACTION = 0.01  # per side, and at least 2 lines: a stray uniform edge line is kept
-MAX_PADDING_FRACTION = 1 / 3  # per side: a longer uniform run is content (or a blank image), kept
 
 
 def preprocessing_changes(after: str, up_to: str = PREPROCESSING_VERSION) -> dict[str, str]:
@@ -46,31 +43,6 @@ def image_file_to_gray(path: str | Path) -> np.ndarray:
             return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0).astype(np.float32)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"not a readable PNG/JPEG image: {type(exc).__name__}") from exc
-
-
-def _padding_lines(lines: np.ndarray) -> int:
-    """How many lines, from the first, are uniform at the first line's value."""
-    edge = float(np.median(lines[0]))
-    longest = int(MAX_PADDING_FRACTION * len(lines))
-    if longest < 2 or not (np.abs(lines[:2] - edge) <= PADDING_TOLERANCE).all():
-        return 0  # the usual case, decided on two lines of a large image
-    uniform = (np.abs(lines[: longest + 1] - edge) <= PADDING_TOLERANCE).all(axis=1)
-    count = int(uniform.shape[0]) if uniform.all() else int(np.argmin(uniform))
-    if count < max(2, MIN_PADDING_FRACTION * len(lines)) or count > longest:
-        return 0
-    return count
-
-
-def trim_padding(gray: np.ndarray) -> np.ndarray:
-    """The picture without uniform bands at its edges: padding to another aspect ratio, an
-    electronic shutter's fill, a letterbox. Such bands carry no anatomy; left in, they change
-    the picture's framing and the rank equalisation, and in the training data they were more
-    common on normal pictures than on pneumonias (11% against 3%)."""
-    top, bottom = _padding_lines(gray), _padding_lines(gray[::-1])
-    left, right = _padding_lines(gray.T), _padding_lines(gray.T[::-1])
-    if top + bottom >= gray.shape[0] or left + right >= gray.shape[1]:
-        return gray
-    return gray[top : gray.shape[0] - bottom, left : gray.shape[1] - right]
 
 
 def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:

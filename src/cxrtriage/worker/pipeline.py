@@ -22,7 +22,7 @@ import numpy as np
 from cxrtriage.db.results import record_export, save_predictions, set_instance_states
 from cxrtriage.db.studies import finish_study, release_claim, update_series_states
 from cxrtriage.dicom.reading import read_verified
-from cxrtriage.domain import ExportKind, InstanceRef, InstanceState, Reason, StudyState
+from cxrtriage.domain import SR_KINDS, InstanceRef, InstanceState, Reason, StudyState
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.examine import Examined, gate, prepare
 from cxrtriage.models.model_input import PREPROCESSING_VERSION
@@ -166,7 +166,7 @@ def record(rt: Runtime, run: StudyRun) -> None:
         update_series_states(session, claim.study_id)
         for output in run.outputs:
             sop_uid = str(output.dataset.SOPInstanceUID)
-            supersedes = claim.previous_sr_uid if output.kind != ExportKind.HEATMAP else None
+            supersedes = claim.previous_sr_uid if output.kind in SR_KINDS else None
             record_export(session, study_id=claim.study_id, model_version_id=run.model_version_id,
                           series_uid=str(output.dataset.SeriesInstanceUID), sop_uid=sop_uid,
                           supersedes_uid=supersedes if supersedes != sop_uid else None,

@@ -1,6 +1,7 @@
-"""The report step: the study's outcome, the SR that states it, and a heat map per classified
-image. Every object is derived from its content (content keys), so a redo stores the same bytes
-under the same UIDs, and new content supersedes the latest SR."""
+"""The report step: the study's outcome, the SR that states it, and heat maps per classified
+image (a Secondary Capture picture and a fractional Segmentation holding the map as data, as
+CXRTRIAGE_HEATMAP_OBJECTS says). Every object is derived from its content (content keys), so a
+redo stores the same bytes under the same UIDs, and new content supersedes the latest SR."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from functools import partial
 from io import BytesIO
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cxrtriage.dicom.heatmap_map import build_heatmap_segmentation, heatmap_segmentation_uids, map_to_source
 from cxrtriage.dicom.heatmap_writer import build_heatmap, heatmap_uids
 from cxrtriage.dicom.sr_header import clean_header
 from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
 from cxrtriage.domain import Claim, ExportKind, InstanceRef, Reason, StudyState
+from cxrtriage.models.examine import Examined
 from cxrtriage.worker.runtime import Runtime
 from cxrtriage.worker.study_run import Output, StudyRun
 
@@ -63,14 +66,19 @@ def content_key(run: StudyRun, sources: list[tuple[InstanceRef, Dataset]], model
 
 def stored_or_built(rt: Runtime, study_uid: str, series_uid: str, sop_uid: str,
                     build: Callable[[], Dataset]) -> tuple[str, Dataset]:
-    """The object already stored under these UIDs (byte for byte), or a new one, stored."""
+    """The object already stored under these UIDs (byte for byte), or a new one, stored; its
+    dataset without pixel data (the record step reads only UIDs, and a batch holds them all)."""
     path = rt.store.path_for(study_uid, series_uid, sop_uid)
     if path.exists():
-        return str(path), dcmread(path)
+        return str(path), dcmread(path, stop_before_pixels=True)
     ds = build()
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return str(rt.store.store(study_uid, series_uid, sop_uid, [buffer.getvalue()])), ds
+    stored = str(rt.store.store(study_uid, series_uid, sop_uid, [buffer.getvalue()]))
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return stored, ds
 
 
 def _previous_sr(claim: Claim, new_uid: str) -> Dataset | None:
@@ -118,25 +126,42 @@ def report(rt: Runtime, run: StudyRun) -> None:
 
 
 def add_heatmaps(rt: Runtime, run: StudyRun, headers: dict[str, Dataset]) -> None:
-    """A heat map Secondary Capture per classified image, from the maps the classify step kept:
-    no second decode and no second pass. A heatmap is an extra: failing to make one is logged
-    and never costs the study its result."""
-    from cxrtriage.models.heatmap import overlay
-
-    model = rt.classifier.manifest.model_info()
+    """The heat map objects of each classified image, from the maps the classify step kept: no
+    second decode and no second pass. A heat map is an extra: failing to make one is logged and
+    never costs the study its result."""
     classified = [(ref, item) for ref, item in run.items
                   if ref.instance_id in run.heatmaps and ref.sop_instance_uid in headers]
     for number, (ref, item) in enumerate(classified, start=1):
-        header, image, cam = headers[ref.sop_instance_uid], item.image, run.heatmaps[ref.instance_id]
-        if image is None:
-            continue
-        series_uid, sop_uid = heatmap_uids(ref.sop_instance_uid, run.claim.study_uid, model, ref.sha256)
-        build = partial(lambda h, i, c, n, sha: build_heatmap(h, overlay(i, c), model, n, sha),
-                        header, image, cam, number, ref.sha256)
-        try:
-            path, sc = stored_or_built(rt, run.claim.study_uid, series_uid, sop_uid, build)
-        except Exception as exc:  # an optional extra: whatever fails, the study keeps its SR
-            logger.warning("heatmap not written", extra={"sop_instance_uid": ref.sop_instance_uid,
-                                                         "error": type(exc).__name__})
-            continue
-        run.outputs.append(Output(path, sc, ExportKind.HEATMAP, ref.instance_id))
+        objects = heatmap_objects(rt, run.claim.study_uid, ref, item, headers[ref.sop_instance_uid],
+                                  run.heatmaps[ref.instance_id], number)
+        for kind, (series_uid, sop_uid), build in objects:
+            try:
+                path, ds = stored_or_built(rt, run.claim.study_uid, series_uid, sop_uid, build)
+            except Exception as exc:  # an optional extra: whatever fails, the study keeps its SR
+                logger.warning("heatmap not written", extra={"sop_instance_uid": ref.sop_instance_uid,
+                                                             "kind": kind.value, "error": type(exc).__name__})
+                continue
+            run.outputs.append(Output(path, ds, kind, ref.instance_id))
+
+
+HeatmapObject = tuple[ExportKind, tuple[str, str], Callable[[], Dataset]]
+
+
+def heatmap_objects(rt: Runtime, study_uid: str, ref: InstanceRef, item: Examined, header: Dataset,
+                    cam: np.ndarray, number: int) -> list[HeatmapObject]:
+    """The heat map objects to make of one image (CXRTRIAGE_HEATMAP_OBJECTS), each as its kind,
+    its (series, SOP instance) UIDs and its builder: the Secondary Capture draws the map over the
+    model's input picture; the Segmentation holds it as data in the image's own pixel grid."""
+    from cxrtriage.models.heatmap import overlay
+
+    manifest = rt.classifier.manifest
+    model, wanted = manifest.model_info(), rt.settings.heatmap_objects
+    objects: list[HeatmapObject] = []
+    if "secondary-capture" in wanted and (picture := item.image) is not None:
+        objects.append((ExportKind.HEATMAP, heatmap_uids(ref.sop_instance_uid, study_uid, model, ref.sha256),
+                        lambda: build_heatmap(header, overlay(picture, cam), model, number, ref.sha256)))
+    if "segmentation" in wanted and (box := item.trim) is not None and (image := item.header) is not None:
+        uids = heatmap_segmentation_uids(ref.sop_instance_uid, study_uid, model, ref.sha256)
+        objects.append((ExportKind.HEATMAP_SEG, uids, lambda: build_heatmap_segmentation(
+            header, image, map_to_source(cam, box), model, manifest.flag_label, number, ref.sha256)))
+    return objects
