@@ -8,8 +8,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import InferenceResult, Instance, ModelVersion, SrExport, utcnow
-from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, InstanceState, ModelInfo, Prediction
+from cxrtriage.db.models import InferenceResult, ModelVersion, SrExport, utcnow
+from cxrtriage.domain import SR_KINDS, ExportKind, ExportState, ModelInfo, Prediction
 
 
 def register_model(session: Session, info: ModelInfo, manifest: dict[str, Any]) -> int:
@@ -67,12 +67,3 @@ def record_export(session: Session, *, study_id: int, model_version_id: int, ser
     session.add(row)
     session.flush()
     return row
-
-
-def set_instance_states(session: Session, states: dict[int, tuple[InstanceState, str]]) -> None:
-    """Each instance's state and reason after a study's run (an instance deleted meanwhile, by
-    retention, is left alone)."""
-    for instance_id, (state, reason) in states.items():
-        row = session.get(Instance, instance_id)
-        if row is not None:
-            row.state, row.reason = state, reason

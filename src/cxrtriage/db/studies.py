@@ -114,9 +114,10 @@ def claim_study(session: Session, study_uid: str, lease_seconds: float, max_atte
 
 
 def ready_studies(session: Session, limit: int) -> list[str]:
-    """Queued studies, longest waiting first: what a worker may claim to fill a batch."""
+    """Queued studies, live ones first, then bulk reprocessing; longest waiting first within
+    each: what a worker may claim to fill a batch."""
     return list(session.scalars(select(Study.study_uid).where(Study.state == StudyState.QUEUED)
-                                .order_by(Study.queued_at, Study.id).limit(limit)).all())
+                                .order_by(Study.bulk, Study.queued_at, Study.id).limit(limit)).all())
 
 
 def release_claim(session: Session, study_id: int, attempt: int) -> bool:
@@ -157,7 +158,7 @@ def study_instances(session: Session, study_id: int) -> list[Instance]:
 
 def record_instance_outcomes(session: Session, outcomes: dict[int, tuple[InstanceState, str]]) -> None:
     """Each image's state and reason (by instance id), recorded with its study's result, so the
-    worker need not handle the rows itself."""
+    worker need not handle the rows itself (an instance removed meanwhile is left alone)."""
     for instance_id, (state, reason) in outcomes.items():
         row = session.get(Instance, instance_id)
         if row is not None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.db.results import record_export, save_predictions, set_instance_states
-from cxrtriage.db.studies import finish_study, release_claim, update_series_states
+from cxrtriage.db.results import record_export, save_predictions
+from cxrtriage.db.studies import finish_study, record_instance_outcomes, release_claim, update_series_states
 from cxrtriage.dicom.reading import read_verified
 from cxrtriage.domain import SR_KINDS, InstanceRef, InstanceState, Reason, StudyState
 from cxrtriage.errors import InvalidInputError
@@ -159,7 +159,7 @@ def record(rt: Runtime, run: StudyRun) -> None:
                                                       "attempt": claim.attempt})
             run.state = None
             return
-        set_instance_states(session, {ref.instance_id: _instance_outcome(run, ref, item)
+        record_instance_outcomes(session, {ref.instance_id: _instance_outcome(run, ref, item)
                                       for ref, item in run.items})
         warnings = {ref.instance_id: item.warnings for ref, item in run.items if item.warnings}
         save_predictions(session, run.model_version_id, run.predictions, PREPROCESSING_VERSION, warnings)
