@@ -27,6 +27,14 @@ class InstanceState(enum.StrEnum):
     REJECTED = "rejected"
 
 
+class TrialState(enum.StrEnum):
+    """A "try an image" request: waiting for a worker, answered, or answered with a reason."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class SeriesState(enum.StrEnum):
     """A series is classified when any of its images was, else its images' common state, or
     mixed; received until its study is first recorded."""

@@ -76,7 +76,7 @@ const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
 let n = 0, sum = 0, sq = 0;
 for (let i = 0; i < data.length; i += 16) { const v = data[i]; n++; sum += v; sq += v * v; }
 const mean = sum / n;
-return {width: img.naturalWidth, mean: mean, std: Math.sqrt(sq / n - mean * mean)};
+return {width: img.naturalWidth, height: img.naturalHeight, mean: mean, std: Math.sqrt(sq / n - mean * mean)};
 """
 
 
@@ -150,7 +150,8 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
         rows[0].find_element(By.TAG_NAME, "a").click()
         radiograph_img = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.radiograph")))
         stats = wait.until(lambda d: d.execute_script(PIXEL_STATS, radiograph_img))
-        assert stats["width"] == 1024 and stats["std"] > 20, stats  # a picture, not a blank or error
+        # A picture (not a blank or an error) at its own size: 224 pixels, never squashed or blown up.
+        assert (stats["width"], stats["height"]) == (224, 224) and stats["std"] > 20, stats
         heatmap = driver.find_element(By.CSS_SELECTOR, "img.heatmap")
         wait.until(
             lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap)
@@ -176,6 +177,29 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
         driver.find_element(By.ID, "feedback-submit").click()
         verdicts = wait.until(ec.presence_of_element_located((By.ID, "verdicts")))
         assert f"{USER}: agree" in verdicts.text
+
+        # "Try an image": the page shows the upload at once and the worker's answer when it comes.
+        driver.get(base + "/try")
+        upload = tmp_path / "upload.dcm"
+        wide = radiograph(generate_uid(), "pneumonia-1", PixelSpacing=[0.1, 0.2])
+        wide.save_as(upload, enforce_file_format=True)
+        driver.find_element(By.ID, "file").send_keys(str(upload))
+        driver.find_element(By.ID, "try-submit").click()
+        answer = wait.until(ec.presence_of_element_located((By.ID, "try-answer")))
+        shown = driver.find_element(By.CSS_SELECTOR, "img.radiograph")
+        stats = wait.until(lambda d: d.execute_script(PIXEL_STATS, shown))
+        assert (stats["width"], stats["height"]) == (448, 224), stats  # columns 0.2 mm apart: twice as wide
+        WebDriverWait(driver, 180).until(lambda d: answer.get_attribute("data-state") == "done")
+        probabilities = driver.find_element(By.ID, "try-probabilities")
+        assert "PNEUMONIA" in probabilities.text and "NORMAL" in probabilities.text
+        heat = driver.find_element(By.ID, "try-heatmap")
+        loaded = "return arguments[0].complete && arguments[0].naturalWidth"
+        wait.until(lambda d: d.execute_script(loaded, heat))
+        assert heat.value_of_css_property("visibility") == "visible"
+        assert driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
+                                     heat) == [448, 224]  # the map in register with the image
+        if shots:
+            driver.save_screenshot(str(shots / "try.png"))
 
         driver.get(base + "/dashboard")
         row = wait.until(

@@ -27,7 +27,7 @@ from cxrtriage.db.session import Database, upgrade
 from cxrtriage.domain import Reason
 from cxrtriage.web.app import create_app
 from tests.conftest import assert_no_patient_data
-from tests.factory import SAMPLES, SENTINELS, radiograph, write_study
+from tests.factory import SENTINELS, radiograph, write_study
 from tests.servers import start_postgres
 from tests.web_seed import register, seed_study
 
@@ -86,6 +86,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_package: Path) -> I
     settings = Settings(
         database_url=url,
         storage_dir=tmp_path / "storage",
+        broker_dir=tmp_path / "broker",
         model=tiny_package,
         web_escalation_minutes=60,
         web_login_attempts=3,
@@ -491,7 +492,7 @@ def test_metrics_and_logs_carry_no_patient_data(env, caplog) -> None:
 
 def test_study_image_is_rendered_from_the_stored_dicom(env) -> None:
     """The grayscale pipeline runs on the server: a MONOCHROME1 file paints the same picture as
-    its MONOCHROME2 twin."""
+    its MONOCHROME2 twin, at its own size (224 pixels square: not blown up to the display size)."""
     client = env["client"]
     inverted, plain = write_study(env["tmp"] / "incoming", [radiograph(monochrome1=True), radiograph()])
     with env["db"].session() as session:
@@ -508,132 +509,59 @@ def test_study_image_is_rendered_from_the_stored_dicom(env) -> None:
         return np.asarray(Image.open(BytesIO(png.content)), dtype=np.float32)
 
     a, b = painted(study), painted(twin)
-    assert a.shape == (1024, 1024) and a.std() > 20
+    assert a.shape == (224, 224) and a.std() > 20
     assert np.abs(a - b).max() <= 1.0
     assert client.get(f"/studies/{study}/images/1.2.3.png").status_code == 404
 
 
-def test_try_an_image_stores_nothing(env) -> None:
-    client = env["client"]
-    csrf = login(client, "alice")
-    before = sorted(p.name for p in env["tmp"].rglob("*"))
-    png = BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260), dtype=np.uint8)).save(
-        png, format="PNG"
-    )
-    answer = client.post(
-        "/try", files={"file": ("chest.png", png.getvalue(), "image/png")}, data={"csrf_token": csrf}
-    )
-    assert answer.status_code == 200, answer.text[-500:]
-    assert "PNEUMONIA" in answer.text and "data:image/png;base64," in answer.text
-    dicom = client.post(
-        "/try",
-        files={"file": ("x.dcm", (SAMPLES / "normal-1.dcm").read_bytes(), "application/dicom")},
-        data={"csrf_token": csrf},
-    )
-    assert dicom.status_code == 200 and "NORMAL" in dicom.text
-    huge = client.post("/try", content=b"x" * 16, headers={"content-length": str(2**40)})
-    assert huge.status_code == 413
-    bad = client.post(
-        "/try", files={"file": ("x.png", b"not an image", "image/png")}, data={"csrf_token": csrf}
-    )
-    assert bad.status_code == 422
-    after = sorted(p.name for p in env["tmp"].rglob("*"))
-    assert [p for p in after if p not in before and not p.startswith("web.db")] == []
-    assert client.get("/api/worklist").json() == []
-
-
-# --- assessment SR (AIRA-like) -----------------------------------------------------------------
-
-
-def test_assessment_sr_references_the_ai_sr(env, tmp_path) -> None:
-    """With the setting on, a verdict becomes an SR that references the AI SR, passes dciodvfy,
-    is queued for export like any SR, and never becomes the study's current AI SR."""
-    import subprocess
-
+def test_the_stored_heat_map_is_shown_over_its_image(env) -> None:
+    """A heat map the worker stored (recorded with the image it was made from) is offered and
+    drawn the image's own size, in true geometry; an image without one offers none (404)."""
     import pydicom
     from sqlalchemy import select
 
-    from cxrtriage.db.models import SrExport, Study
+    from cxrtriage.db.models import Instance
+    from cxrtriage.db.results import record_export
+    from cxrtriage.dicom.heatmap_writer import build_heatmap
+    from cxrtriage.dicom.preprocess import dataset_to_gray
     from cxrtriage.dicom.sr_header import clean_header
-    from cxrtriage.dicom.sr_writer import StudyReport, build_report, report_uids
-    from cxrtriage.domain import ModelInfo, Prediction
-    from tests.servers import binary
-
-    db = env["db"]
-    settings = env["app"].state.settings.model_copy(
-        update={"web_assessment_sr": True, "sr_destination": "PACS@127.0.0.1:104"}
-    )
-    app = create_app(settings, db)
-    client = TestClient(app)
-    image = radiograph()
-    model = ModelInfo("seed-model", "1.0.0", "tests", "1.2.3", "ab" * 32)
-    header = clean_header(image)
-    prediction = Prediction(str(image.SOPInstanceUID), {"NORMAL": 0.1, "PNEUMONIA": 0.9}, True, 0.5,
-                            "PNEUMONIA")
-    ai_sr = build_report(StudyReport(model, "PNEUMONIA", 0.5, [prediction], [header], True),
-                         report_uids(str(image.StudyInstanceUID), "ai", model))
-    ai_path = tmp_path / "ai-sr.dcm"
-    ai_sr.save_as(ai_path, enforce_file_format=True)
-    with db.session() as session:
-        study_uid = seed_study(session, register(session), [0.9])
-        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
-        export = session.scalar(select(SrExport).where(SrExport.study_id == study.id))
-        export.path = str(ai_path)
-        export.sr_sop_instance_uid = str(ai_sr.SOPInstanceUID)
-    url = f"/api/studies/{study_uid}/feedback"
-    assert (
-        client.post(url, json={"verdict": "disagree", "comment": "atelectasis"}, auth=ALICE).status_code
-        == 201
-    )
-    assert client.post(url, json={"verdict": "agree"}, auth=ALICE).status_code == 200
-    with db.session() as session:
-        rows = session.scalars(
-            select(SrExport).where(SrExport.kind == "assessment").order_by(SrExport.id)
-        ).all()
-        paths = [(r.path, r.state, r.destination) for r in rows]
-    assert len(paths) == 2 and {p[1] for p in paths} == {"pending"} and paths[0][2] == "PACS@127.0.0.1:104"
-    first = pydicom.dcmread(paths[0][0])
-    assert first.StudyInstanceUID == ai_sr.StudyInstanceUID and first.SeriesNumber == 9903
-    evidence = first.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai_sr.SOPInstanceUID
-    dump = subprocess.run(
-        [binary("dsrdump"), "+Pu", paths[0][0]], capture_output=True, text=True, timeout=60
-    ).stdout
-    assert (
-        "Disagree with the AI result" in dump and "atelectasis" in dump and str(ai_sr.SOPInstanceUID) in dump
-    )
-    checked = subprocess.run([binary("dciodvfy"), paths[0][0]], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
-    assert not errors, "\n".join(errors)
-    assert (
-        "Agree with the AI result"
-        in subprocess.run([binary("dsrdump"), paths[1][0]], capture_output=True, text=True, timeout=60).stdout
-    )
-    # The study's SR is still the AI result, not the assessment.
-    assert client.get(f"/api/studies/{study_uid}", auth=ALICE).json()["sr"]["kind"] == "analysed"
-
-
-def test_heatmap_computed_when_the_worker_stored_none(env, tiny_package) -> None:
-    """With CXRTRIAGE_HEATMAPS off the worker stores no heat map image; the app computes the map
-    with the same weights (never with other weights) and overlays it."""
-    from cxrtriage.db.results import register_model
-    from cxrtriage.models.manifest import read_manifest
+    from cxrtriage.domain import ExportKind, ModelInfo
+    from cxrtriage.models.heatmap import overlay
+    from cxrtriage.models.model_input import fit_to_square
 
     client = env["client"]
-    manifest = read_manifest(tiny_package)
-    files = write_study(env["tmp"] / "incoming", [radiograph()])
+    with_map, without = write_study(env["tmp"] / "incoming",
+                                    [radiograph(PixelSpacing=[0.1, 0.2]), radiograph()])
+    ds = pydicom.dcmread(with_map)
+    cam = np.zeros((64, 64), dtype=np.float32)
+    cam[8:24, 40:56] = 1.0
+    heatmap = build_heatmap(clean_header(ds), overlay(fit_to_square(dataset_to_gray(ds), 64), cam),
+                            ModelInfo("seed-model", "1.0.0", "tests", "1.2.3", "ab" * 32), 1)
+    heatmap_path = env["tmp"] / "heatmap.dcm"
+    heatmap.save_as(heatmap_path, enforce_file_format=True)
     with env["db"].session() as session:
-        same = register_model(session, manifest.model_info(), {"flag_label": "PNEUMONIA", "threshold": 0.5})
-        study = seed_study(session, same, [0.7], paths=[str(files[0])])
-        other = seed_study(session, register(session, "9.9.9"), [0.7], paths=[str(files[0])])
+        mv = register(session)
+        study = seed_study(session, mv, [0.7, 0.2], paths=[str(with_map), str(without)])
+        instance = session.scalar(select(Instance).where(Instance.path == str(with_map)))
+        record_export(session, study_id=instance.study_id, model_version_id=mv,
+                      series_uid=str(heatmap.SeriesInstanceUID), sop_uid=str(heatmap.SOPInstanceUID),
+                      supersedes_uid=None, kind=ExportKind.HEATMAP, path=str(heatmap_path), destination="",
+                      source_instance_id=instance.id)
     login(client, "alice")
-    image = client.get(f"/api/studies/{study}").json()["images"][0]
-    assert image["heatmap_url"]
-    overlay = client.get(image["heatmap_url"])
-    assert overlay.status_code == 200
-    rgba = np.asarray(Image.open(BytesIO(overlay.content)))
-    assert rgba.shape == (1024, 1024, 4) and rgba[..., 3].max() > 50
-    assert client.get(f"/api/studies/{other}").json()["images"][0]["heatmap_url"] is None
-    sop = client.get(f"/api/studies/{other}").json()["images"][0]["sop_instance_uid"]
-    assert client.get(f"/studies/{other}/images/{sop}/heatmap.png").status_code == 404
+    first, second = client.get(f"/api/studies/{study}").json()["images"]
+    assert first["heatmap_url"] and second["heatmap_url"] is None
+
+    def png(url: str) -> np.ndarray:
+        answer = client.get(url)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", answer.text
+        return np.asarray(Image.open(BytesIO(answer.content)))
+
+    image, heat = png(first["image_url"]), png(first["heatmap_url"])
+    assert image.shape == (224, 448) and heat.shape == (224, 448, 4)  # columns 0.2 mm apart: twice as wide
+    alpha = heat[..., 3]
+    rows, columns = np.nonzero(alpha > 100)
+    assert 28 <= rows.mean() <= 84 and 280 <= columns.mean() <= 392  # the square's hot corner, stretched
+    assert png(first["full_image_url"]).shape == (224, 448)
+    assert client.get(first["image_url"] + "?size=huge").status_code == 422
+    sop = second["sop_instance_uid"]
+    assert client.get(f"/studies/{study}/images/{sop}/heatmap.png").status_code == 404

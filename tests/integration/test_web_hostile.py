@@ -88,7 +88,7 @@ def make_app(request: pytest.FixtureRequest, users_db: Path, tmp_path: Path,
             shutil.copy(users_db, path)
             url = f"sqlite:///{path}"
         settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
-                            **overrides)
+                            broker_dir=tmp_path / "broker", **overrides)
         db = Database(url)
         made.append(db)
         return create_app(settings, db), db
@@ -341,7 +341,7 @@ def test_the_global_slowdown_delays_failing_addresses_and_locks_no_one(make_app)
 
 
 def test_passwords_and_try_an_image_never_block_the_event_loop(make_app, monkeypatch) -> None:
-    """argon2 (made to take 1 s here) and "try an image" (decoding and inference, 1 s) run off the
+    """argon2 (made to take 1 s here) and "try an image" (decoding and spooling, 1 s) run off the
     event loop: /healthz answers meanwhile. Before, both ran on it and every user waited."""
     import cxrtriage.web.auth as auth
 
@@ -354,13 +354,13 @@ def test_passwords_and_try_an_image_never_block_the_event_loop(make_app, monkeyp
         time.sleep(1.0)
         return real(*args)
 
-    def slow_try(data: bytes, filename: str) -> dict[str, Any]:
+    def slow_try(*_: Any) -> Any:
         began.append(time.monotonic())
         time.sleep(1.0)
         raise InvalidInputError("not an image")
 
     monkeypatch.setattr(auth, "authenticate", slow_authenticate)
-    app.state.try_image.run = slow_try
+    app.state.trials.accept = slow_try
 
     async def healthz_while(http: httpx.AsyncClient, busy: Any) -> float:
         """Seconds from the start of the blocking work to /healthz's answer: on the event loop,

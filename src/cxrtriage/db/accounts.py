@@ -38,6 +38,21 @@ class AccountError(ValueError):
     """A request about an account that cannot be carried out; the message names the argument."""
 
 
+@dataclass(frozen=True)
+class UserRecord:
+    """An account as the rest of the program sees it: never the password hash."""
+
+    id: int
+    username: str
+    role: str
+    active: bool
+    created_at: datetime | None
+
+
+def _user(row: User) -> UserRecord:
+    return UserRecord(row.id, row.username, row.role, row.active, as_utc(row.created_at))
+
+
 def _check_username(username: str) -> str:
     if not _USERNAME.match(username):
         raise AccountError("username must be 1-64 letters, digits or . _ @ -")
@@ -50,7 +65,7 @@ def _check_password(password: str) -> str:
     return password
 
 
-def add_user(session: Session, username: str, password: str, role: str) -> User:
+def add_user(session: Session, username: str, password: str, role: str) -> UserRecord:
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     _check_username(username)
@@ -59,11 +74,16 @@ def add_user(session: Session, username: str, password: str, role: str) -> User:
     user = User(username=username, password_hash=_hasher.hash(_check_password(password)), role=role)
     session.add(user)
     session.flush()
-    return user
+    return _user(user)
 
 
-def list_users(session: Session) -> list[User]:
-    return list(session.scalars(select(User).order_by(User.username)).all())
+def list_users(session: Session) -> list[UserRecord]:
+    return [_user(row) for row in session.scalars(select(User).order_by(User.username)).all()]
+
+
+def find_user(session: Session, user_id: int) -> UserRecord | None:
+    row = session.get(User, user_id)
+    return _user(row) if row is not None else None
 
 
 def _get(session: Session, username: str) -> User:
@@ -86,7 +106,7 @@ def set_password(session: Session, username: str, password: str) -> None:
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))
 
 
-def authenticate(session: Session, username: str, password: str) -> User | None:
+def authenticate(session: Session, username: str, password: str) -> UserRecord | None:
     """The active user with this password, or None. Takes the same time for unknown users."""
     user = session.scalar(select(User).where(User.username == username))
     try:
@@ -97,15 +117,19 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
         return None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    return user
+    return _user(user)
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_session(session: Session, user: User, hours: float) -> tuple[str, str]:
-    """A new browser session: returns (cookie token, CSRF token). Only the token's hash is kept."""
+def open_session(session: Session, user_id: int, hours: float) -> tuple[str, str]:
+    """A new browser session of an active user: returns (cookie token, CSRF token). Only the
+    token's hash is kept. AccountError when the user is gone or disabled meanwhile."""
+    user = session.get(User, user_id)
+    if user is None or not user.active:
+        raise AccountError("no such active user")
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     session.execute(delete(WebSession).where(WebSession.expires_at < utcnow()))  # tidy up expired ones
     session.add(WebSession(token_sha256=_digest(token), user_id=user.id, csrf_token=csrf,
@@ -113,7 +137,7 @@ def open_session(session: Session, user: User, hours: float) -> tuple[str, str]:
     return token, csrf
 
 
-def session_user(session: Session, token: str, now: datetime | None = None) -> tuple[User, str] | None:
+def session_user(session: Session, token: str, now: datetime | None = None) -> tuple[UserRecord, str] | None:
     """The active user and CSRF token of an unexpired session, or None."""
     now = now or utcnow()
     row = session.execute(select(WebSession, User).join(User, User.id == WebSession.user_id)
@@ -126,7 +150,7 @@ def session_user(session: Session, token: str, now: datetime | None = None) -> t
         expires = expires.replace(tzinfo=now.tzinfo)
     if expires < now or not user.active:
         return None
-    return user, web_session.csrf_token
+    return _user(user), web_session.csrf_token
 
 
 def close_session(session: Session, token: str) -> None:

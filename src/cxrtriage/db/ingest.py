@@ -132,6 +132,7 @@ def index_instance(session: Session, stored: StoredInstance) -> str | None:
         study.revision += 1
         study.state = StudyState.RECEIVED
         study.reason, study.reason_code = "", ""
+        study.bulk = False  # new images: a live study again
     return replaced
 
 

@@ -14,13 +14,15 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from cxrtriage.domain import ExportKind, ExportState, InstanceState, SeriesState, StudyState
+from cxrtriage.domain import ExportKind, ExportState, InstanceState, SeriesState, StudyState, TrialState
 
 
 def utcnow() -> datetime:
@@ -67,6 +69,8 @@ class Study(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column(nullable=True)  # image files removed (retention)
+    # Requeued by bulk reprocessing: a batch takes live studies first. New images make it live.
+    bulk: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
 
@@ -281,3 +285,23 @@ class SchedulerRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     studies: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(32), default="running")
+
+
+class Trial(Base):
+    """A "try an image" request (review app): the app records it, a worker classifies the upload
+    and writes the answer into the same row. No patient data: no file name, header value or
+    picture; the upload lies in the storage folder's `trials/` spool under a random name until
+    the worker has read it."""
+
+    __tablename__ = "trials"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(32), unique=True)  # the public id, random
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # dicom | picture
+    spool_path: Mapped[str] = mapped_column(Text, default="")  # "" once the worker removed the upload
+    state: Mapped[TrialState] = mapped_column(state_type(TrialState), default=TrialState.PENDING, index=True)
+    error: Mapped[str] = mapped_column(Text, default="")  # why it failed (the file's reason, never values)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # probabilities, flag, model, note
+    cam_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the map, 8-bit gray
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)

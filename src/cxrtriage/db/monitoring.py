@@ -49,7 +49,7 @@ class VersionReads:
     not_analysed_reasons: dict[str, int]
 
 
-def versions(session: Session) -> list[ModelVersion]:
+def _versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all())
 
 
@@ -75,7 +75,7 @@ def model_stats(session: Session) -> list[dict[str, Any]]:
         select(SrExport.model_version_id, func.count(func.distinct(SrExport.study_id)))
         .where(SrExport.kind == ExportKind.NOT_ANALYSED).group_by(SrExport.model_version_id)).all())
     out = []
-    for version in versions(session):
+    for version in _versions(session):
         studies, flagged = counts.get(version.id, (0, 0))
         v = verdicts.get(version.id, {})
         fv = flagged_verdicts.get(version.id, {})
@@ -131,7 +131,7 @@ def version_reads(session: Session) -> list[VersionReads]:
     return [VersionReads(v.id, v.name, v.version, v.manifest.get("threshold"), as_utc(v.registered_at),
                          sorted(reads.get(v.id, {}).values(), key=lambda r: r.result_at),
                          len(not_analysed.get(v.id, set())), reasons.get(v.id, {}))
-            for v in versions(session)]
+            for v in _versions(session)]
 
 
 # --- /metrics --------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def version_reads(session: Session) -> list[VersionReads]:
 
 def metric_counts(session: Session) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Label sets and values of the review app's metrics, read from the database now."""
-    names = {v.id: (v.name, v.version) for v in versions(session)}
+    names = {v.id: (v.name, v.version) for v in _versions(session)}
 
     def model_labels(mv: int | None) -> dict[str, str]:
         name, version = names.get(mv or -1, ("", ""))

@@ -18,9 +18,9 @@ from cxrtriage.db.models import (
     InferenceResult,
     Instance,
     ModelVersion,
+    SrExport,
     Study,
     StudyDetails,
-    User,
     as_utc,
     utcnow,
 )
@@ -45,6 +45,16 @@ def audit(session: Session, action: str, username: str = "", study_uid: str | No
     """Append one event. There is no function to change or remove one, and the database refuses."""
     session.add(AuditEvent(action=action, username=username[:64], study_uid=study_uid,
                            client=client[:64], detail=detail))
+
+
+def audit_event(session: Session, action: str, username: str = "", study_uid: str | None = None,
+                client: str = "", **detail: Any) -> int:
+    """`audit`, written now: returns the event's id (for work queued from it)."""
+    event = AuditEvent(action=action, username=username[:64], study_uid=study_uid, client=client[:64],
+                       detail=detail)
+    session.add(event)
+    session.flush()
+    return int(event.id)
 
 
 def audit_events(session: Session, limit: int = 200, offset: int = 0, action: str = "",
@@ -194,18 +204,9 @@ def _warnings(session: Session, studies: list[Study]) -> dict[int, list[str]]:
     return out
 
 
-def studies_without_details(session: Session, study_uids: list[str]) -> list[tuple[int, str]]:
-    """(study id, path of one stored instance) for studies whose details are not yet recorded."""
-    rows = session.execute(
-        select(Study.id, func.min(Instance.path)).join(Instance, Instance.study_id == Study.id)
-        .outerjoin(StudyDetails, StudyDetails.study_id == Study.id)
-        .where(Study.study_uid.in_(study_uids), StudyDetails.study_id.is_(None))
-        .group_by(Study.id)).all()
-    return [(int(i), str(p)) for i, p in rows]
-
-
 def record_details(session: Session, study_id: int, **values: str) -> None:
-    """Once per study; two page views racing to record the same study both succeed."""
+    """The patient details of a study (DETAIL_FIELDS), once per study, when it arrives; two
+    instances racing to record the same study both succeed."""
     if session.get(StudyDetails, study_id) is not None:
         return
     try:
@@ -216,75 +217,16 @@ def record_details(session: Session, study_id: int, **values: str) -> None:
         pass  # recorded meanwhile by another request
 
 
-# --- one study -------------------------------------------------------------------------------
 
 
-def find_study(session: Session, study_uid: str) -> Study | None:
-    return session.scalar(select(Study).where(Study.study_uid == study_uid))
+def model_version_names(session: Session) -> list[str]:
+    """Every model version string that has read studies here, for the worklist's filter."""
+    return sorted(set(session.scalars(select(ModelVersion.version)).all()))
 
 
-def study_images(session: Session, study: Study) -> list[dict[str, Any]]:
-    """Each stored image of the study with the current result, if it has one."""
-    rows = session.execute(
-        select(Instance, InferenceResult)
-        .outerjoin(InferenceResult, and_(InferenceResult.instance_id == Instance.id,
-                                         InferenceResult.model_version_id == study.model_version_id))
-        .where(Instance.study_id == study.id).order_by(Instance.id)).all()
-    images = []
-    for instance, result in rows:
-        images.append({
-            "sop_instance_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
-            "series_uid": instance.series.series_uid, "modality": instance.series.modality,
-            "state": instance.state, "reason": instance.reason, "path": instance.path,
-            "probabilities": result.probabilities if result else None,
-            "flag_label": result.flag_label if result else None,
-            "probability": result.probabilities.get(result.flag_label) if result else None,
-            "flagged": result.flagged if result else None,
-            "threshold": result.threshold if result else None,
-            "warnings": (result.warnings or {}).get("warnings", []) if result else [],
-        })
-    return images
-
-
-def study_feedback(session: Session, study: Study) -> list[dict[str, Any]]:
-    """Every user's current verdict on the study's current result."""
-    rows = session.execute(select(Feedback, User.username).join(User, User.id == Feedback.user_id)
-                           .where(Feedback.study_id == study.id,
-                                  Feedback.model_version_id == study.model_version_id)
-                           .order_by(Feedback.updated_at)).all()
-    return [{"username": name, "verdict": fb.verdict, "comment": fb.comment,
-             "updated_at": iso(fb.updated_at)} for fb, name in rows]
-
-
-class NoResultError(LookupError):
-    """The study is unknown, or has no result to give feedback on."""
-
-
-def give_feedback(session: Session, study_uid: str, user: User, verdict: str, comment: str,
-                  client: str = "") -> bool:
-    """Record the user's verdict on the study's current result. True when it is the user's first
-    on this result, False when it replaces an earlier one; the audit log keeps the history."""
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-    study = find_study(session, study_uid)
-    if study is None or study.model_version_id is None or study.flagged is None:
-        raise NoResultError(f"study {study_uid} is unknown or has no result yet")
-    row = session.scalar(select(Feedback).where(Feedback.study_id == study.id,
-                                                Feedback.model_version_id == study.model_version_id,
-                                                Feedback.user_id == user.id))
-    previous = row.verdict if row else None
-    if row is None:
-        session.add(Feedback(study_id=study.id, model_version_id=study.model_version_id, user_id=user.id,
-                             verdict=verdict, comment=comment[:4000], flagged=bool(study.flagged)))
-    else:
-        row.verdict, row.comment, row.updated_at = verdict, comment[:4000], utcnow()
-        row.flagged = bool(study.flagged)
-    version = session.get(ModelVersion, study.model_version_id)
-    audit(session, "feedback", user.username, study_uid, client, verdict=verdict, comment=comment[:4000],
-          replaces=previous, model_version=version.version if version else None,
-          flagged=bool(study.flagged))
-    return row is None
-
-
-def feedback_history(session: Session, study_uid: str) -> list[dict[str, Any]]:
-    return list(reversed(audit_events(session, limit=1000, action="feedback", study_uid=study_uid)))
+def sent_exports(session: Session, limit: int = 50) -> list[dict[str, Any]]:
+    """The most recently sent SRs and heat maps (recorded by the workers), for the audit page."""
+    rows = session.scalars(select(SrExport).where(SrExport.sent_at.is_not(None))
+                           .order_by(SrExport.sent_at.desc()).limit(limit)).all()
+    return [{"at": iso(e.sent_at), "kind": str(e.kind), "state": str(e.state), "destination": e.destination,
+             "sop_instance_uid": e.sr_sop_instance_uid, "attempts": e.attempts} for e in rows]

@@ -4,7 +4,7 @@ token on every form; /api/ also takes HTTP Basic credentials, for scripts.
 Credentials are checked by `AuthGate`, pure ASGI middleware, from the headers alone and before
 anything reads the body: FastAPI parses a route's body before it runs the route's dependencies, so
 a dependency would come too late for a stranger's endless upload. The gate hands the caller to
-`require_user`, the one dependency every protected route has, which adds the CSRF check.
+`require_user`, the one dependency on every router but the open ones, which adds the CSRF check.
 
 Every password, from the sign-in form or HTTP Basic, goes through `Passwords.check`: one throttle
 and one audit path (db/accounts.py), and argon2 never on the event loop."""
@@ -32,13 +32,13 @@ from cxrtriage.config import Settings
 from cxrtriage.db.accounts import (
     LoginPolicy,
     Throttle,
+    UserRecord,
     authenticate,
     check_login,
     note_failure,
     note_success,
     session_user,
 )
-from cxrtriage.db.models import User
 from cxrtriage.db.session import Database
 from cxrtriage.web.limits import drain
 
@@ -113,7 +113,7 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return (username, password) if sep else None
 
 
-def _principal(user: User, csrf: str) -> Principal:
+def _principal(user: UserRecord, csrf: str) -> Principal:
     return Principal(user.id, user.username, user.role, csrf)
 
 
@@ -248,9 +248,9 @@ class AuthGate:
 
 
 async def require_user(request: Request) -> Principal:
-    """The dependency on every protected route: the caller the gate found (it refused everyone
-    else already). Also checks CSRF on state-changing requests made with the session cookie (a
-    form field or the X-CSRF-Token header)."""
+    """The dependency of every signed-in router (web/app.py): the caller the gate found (it
+    refused everyone else already). Also checks CSRF on state-changing requests made with the
+    session cookie (a form field or the X-CSRF-Token header)."""
     found = getattr(request.state, "user", None)
     if not isinstance(found, Principal):  # only if the gate is missing: refuse, never guess
         raise Unauthorized() if is_api(request) else LoginRequired()

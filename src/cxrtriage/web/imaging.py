@@ -1,65 +1,76 @@
-"""Pictures for the browser, rendered on the server with the model's own grayscale pipeline
-(modality LUT, VOI, MONOCHROME1 inversion) and square framing, so the heat map, computed on
-that frame, lines up with the image exactly.
+"""Pictures for the browser, rendered on the server in their true geometry: each image keeps its
+own aspect ratio, with Pixel Spacing (or Imager Pixel Spacing, or Pixel Aspect Ratio) making
+rows and columns the same size in the patient, and the longer side brought down to a display
+size. Pixels go through the grayscale pipeline of the model (modality LUT, VOI, MONOCHROME1
+inversion: dicom/preprocess.dataset_to_gray), never the model's square.
+
+A heat map lives in the model's square, which was made from the image's trimmed region
+(dicom/geometry.trim_box) squashed to a square. `heat_overlay` undoes that: it stretches the map
+back over the trimmed region of the displayed image and leaves the rest transparent, so the
+overlay, the same size as the image, lies on the anatomy exactly.
 
 Every pixel decode (stored images, stored heat maps, uploads to "try an image") runs in a child
 process under a memory and a time limit (dicom/sandbox.py), never in the app: a hostile file
-costs its own request only. `configure_decoding` sets the children's count and limits."""
+costs its own request only. `configure_decoding` sets the children's count and limits. Only the
+spacing attributes of a stored header are read here (pydicom, `specific_tags`)."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pydicom
 from PIL import Image
 
+from cxrtriage.dicom.geometry import TrimBox, display_size, pixel_aspect, trim_box
 from cxrtriage.dicom.reading import read_upload_header
-from cxrtriage.dicom.sandbox import DecodeLimits, DecoderPool
+from cxrtriage.dicom.sandbox import Decoded, DecodeLimits, DecoderPool
 from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
-from cxrtriage.models.model_input import fit_to_square
 
 logger = logging.getLogger(__name__)
-DISPLAY_SIZE = 1024
+DISPLAY_SIZE = 1024  # the longer side of a study image's preview; `None` (full) keeps every pixel
+TRY_SIZE = 512  # the longer side of an uploaded image shown back by "try an image"
+SPACING_TAGS = ["PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"]
 _pool_lock = threading.Lock()
 _pool: DecoderPool | None = None
+_pool_config: tuple[int, DecodeLimits] | None = None
 
 
 def configure_decoding(processes: int = 2, limits: DecodeLimits | None = None) -> None:
     """The app's decoder children (from CXRTRIAGE_DECODE_PROCESSES and the decode limits);
-    started on first use. Until called, two children under the default limits."""
-    global _pool
+    started on first use. Until called, two children under the default limits. Called again
+    with the same numbers, it keeps the running children."""
+    global _pool, _pool_config
+    config = (max(1, processes), limits or DecodeLimits())
     with _pool_lock:
+        if _pool is not None and _pool_config == config:
+            return
         if _pool is not None:
             _pool.shutdown()
-        _pool = DecoderPool(processes, limits)
+        _pool, _pool_config = DecoderPool(*config), config
 
 
 def _decoder() -> DecoderPool:
-    global _pool
+    global _pool, _pool_config
     with _pool_lock:
         if _pool is None:
-            _pool = DecoderPool(2)
+            _pool, _pool_config = DecoderPool(2), (2, DecodeLimits())
         return _pool
 
 
-def _image(decoded: tuple[np.ndarray | None, str, str]) -> np.ndarray:
+def _image(decoded: Decoded) -> np.ndarray:
     """The decoded pixels, or the file's own reason as an InvalidInputError."""
     pixels, reason, message = decoded
     if pixels is None:
         raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
     return pixels
-
-
-def decode_gray(path: str) -> np.ndarray:
-    """A stored image through the grayscale pipeline, decoded in a child."""
-    return _image(_decoder().decode(path))
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -68,21 +79,61 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def gray_png(gray: np.ndarray) -> bytes:
-    return _png((np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8))
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+@dataclass(frozen=True)
+class View:
+    """An image as shown: its PNG, its displayed size, and where the model's picture lies in it."""
+
+    png: bytes
+    height: int
+    width: int
+    box: TrimBox
+
+
+def gray_view(gray: np.ndarray, aspect: float, longest: int | None) -> View:
+    """A [0, 1] grayscale image at its true proportions, the longer side at most `longest`."""
+    height, width = display_size(gray.shape[0], gray.shape[1], aspect=aspect, longest=longest)
+    picture = Image.fromarray((np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8))
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+    return View(_png(np.asarray(picture)), height, width, trim_box(gray))
+
+
+def stored_aspect(path: str) -> float:
+    """Pixel height over width from a stored file's spacing attributes (1.0 when it has none)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=SPACING_TAGS, force=True)
+        return pixel_aspect(header)
+    except Exception:  # pydicom raises many types on a corrupt header: square pixels, then
+        logger.info("pixel spacing unreadable; pixels shown square")
+        return 1.0
 
 
 @lru_cache(maxsize=32)
-def _render(path: str, _mtime: float, size: int) -> bytes:
-    return gray_png(fit_to_square(decode_gray(path), size))
+def _stored_view(path: str, _mtime: float, sha256: str, longest: int | None) -> View:
+    gray = _image(_decoder().decode(path, sha256))
+    return gray_view(gray, stored_aspect(path), longest)
 
 
-def render_instance(path: str, size: int = DISPLAY_SIZE) -> bytes:
-    """A stored image as PNG, framed as the model sees it (longer side `size`, padded square)."""
+def _existing(path: str, what: str) -> Path:
     file = Path(path)
     if not file.is_file():
-        raise InvalidInputError("the stored image file is missing")
-    return _render(str(file), file.stat().st_mtime, size)
+        raise InvalidInputError(f"the stored {what} file is missing", Reason.UNREADABLE_FILE)
+    return file
+
+
+def stored_view(path: str, sha256: str = "", longest: int | None = DISPLAY_SIZE) -> View:
+    """A stored image in true geometry; `sha256` (when given) must still be the file's digest."""
+    file = _existing(path, "image")
+    return _stored_view(str(file), file.stat().st_mtime, sha256, longest)
+
+
+def render_instance(path: str, size: int | None = DISPLAY_SIZE, sha256: str = "") -> bytes:
+    """A stored image as PNG in true geometry, the longer side at most `size` (None: every pixel)."""
+    return stored_view(path, sha256, size).png
 
 
 def cam_from_overlay(rgb: np.ndarray) -> np.ndarray:
@@ -92,97 +143,57 @@ def cam_from_overlay(rgb: np.ndarray) -> np.ndarray:
     return np.clip(diff / 127.5, 0.0, 1.0)
 
 
-def heat_rgba(cam: np.ndarray, size: int = DISPLAY_SIZE) -> bytes:
-    """A transparent PNG: the map in a warm colour scale, transparent where it is cold."""
+def heat_overlay(cam: np.ndarray, box: TrimBox, height: int, width: int) -> bytes:
+    """A transparent PNG of `height` x `width`: the map (the model's square) stretched over the
+    box's place in the displayed image, in a warm colour scale, transparent where it is cold and
+    everywhere outside the box."""
     import matplotlib
 
-    colours = matplotlib.colormaps["jet"](cam)  # [H, W, 4] floats
-    colours[..., 3] = np.clip((cam - 0.15) / 0.85, 0.0, 1.0) * 0.6
-    image = Image.fromarray((colours * 255).round().astype(np.uint8), mode="RGBA")
-    return _png(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)))
+    top, bottom, left, right = box.scaled(height, width)
+    stretched = Image.fromarray(np.ascontiguousarray(cam, dtype=np.float32))  # mode "F"
+    stretched = stretched.resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    region = np.clip(np.asarray(stretched), 0.0, 1.0)
+    colours = matplotlib.colormaps["jet"](region)  # [h, w, 4] floats
+    colours[..., 3] = np.clip((region - 0.15) / 0.85, 0.0, 1.0) * 0.6
+    canvas = np.zeros((height, width, 4), dtype=np.uint8)
+    canvas[top:bottom, left:right] = (colours * 255).round().astype(np.uint8)
+    return _png(canvas)
 
 
 @lru_cache(maxsize=32)
-def _heat_from_file(path: str, _mtime: float, size: int) -> bytes:
-    rgb = _image(_decoder().decode(path, mode="rgb8"))  # the child checks it is 8-bit RGB
-    return heat_rgba(cam_from_overlay(rgb), size)
+def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
+                 longest: int | None) -> bytes:
+    view = _stored_view(image, _mtime, sha256, longest)
+    rgb = _image(_decoder().decode(heatmap, mode="rgb8"))  # the child checks it is 8-bit RGB
+    return heat_overlay(cam_from_overlay(rgb), view.box, view.height, view.width)
 
 
-def render_heatmap(path: str, size: int = DISPLAY_SIZE) -> bytes:
-    """The stored heat map Secondary Capture as a transparent overlay PNG."""
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidInputError("the stored heatmap file is missing")
-    return _heat_from_file(str(file), file.stat().st_mtime, size)
+def render_heatmap(heatmap_path: str, image_path: str, sha256: str = "",
+                   size: int | None = DISPLAY_SIZE) -> bytes:
+    """The worker's stored heat map (a Secondary Capture of the overlay in the model's square)
+    as a transparent PNG in register with `render_instance` of the same image and size."""
+    heat, image = _existing(heatmap_path, "heatmap"), _existing(image_path, "image")
+    return _stored_heat(str(heat), heat.stat().st_mtime, str(image), image.stat().st_mtime, sha256, size)
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+def is_dicom(data: bytes, filename: str) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom"))
 
 
-class TryImage:
-    """Classify an uploaded file in memory: nothing is written to disk or the database."""
+def upload_view(data: bytes, dicom: bool, longest: int = TRY_SIZE) -> View:
+    """An uploaded file (DICOM, or a PNG or JPEG picture) shown back in true geometry; raises
+    InvalidInputError with the file's reason when it cannot be shown (nor classified)."""
+    pool = _decoder()
+    if dicom:
+        header = read_upload_header(data, pool.limits.max_decoded_bytes)  # spacing only; bounded
+        return gray_view(_image(pool.submit_data(data).result()), pixel_aspect(header), longest)
+    return gray_view(_image(pool.submit_data(data, mode="picture").result()), 1.0, longest)
 
-    def __init__(self, package: Path) -> None:
-        self.package = package
-        self._classifier: Any = None
-        self._sha: str | None = None
-        self._lock = threading.Lock()
 
-    def classifier(self) -> Any:
-        with self._lock:
-            if self._classifier is None:
-                from cxrtriage.models.inference import Classifier
-
-                self._classifier = Classifier(self.package)
-            return self._classifier
-
-    @property
-    def weights_sha256(self) -> str:
-        """The weights this app can compute heat maps with (from the manifest, no loading)."""
-        if self._sha is None:
-            try:
-                from cxrtriage.models.manifest import read_manifest
-
-                self._sha = read_manifest(self.package).weights_sha256
-            except Exception:  # no usable package: maps are then only those the worker stored
-                self._sha = ""
-        return self._sha
-
-    def heatmap(self, path: str, size: int = DISPLAY_SIZE) -> bytes:
-        """The heat map of a stored image, computed now (when the worker stored none)."""
-        file = Path(path)
-        if not file.is_file():
-            raise InvalidInputError("the stored image file is missing")
-        return self._heatmap(str(file), file.stat().st_mtime, size)
-
-    @lru_cache(maxsize=16)  # noqa: B019 - one TryImage per app, kept for the app's life
-    def _heatmap(self, path: str, _mtime: float, size: int) -> bytes:
-        classifier = self.classifier()
-        image = fit_to_square(decode_gray(path), classifier.manifest.input_size)
-        with self._lock:
-            _, cams = classifier.predict_with_heatmaps([""], image[np.newaxis])
-        return heat_rgba(cams[0], size)
-
-    def run(self, data: bytes, filename: str) -> dict[str, Any]:
-        from cxrtriage.models.examine import gate, note
-
-        classifier = self.classifier()
-        remark = ""
-        if len(data) > 132 and data[128:132] == b"DICM" or filename.lower().endswith((".dcm", ".dicom")):
-            ds = read_upload_header(data, _decoder().limits.max_decoded_bytes)  # for the gate
-            remark = note(gate(ds, classifier.manifest))  # the worker's gate, age warning included
-            gray = _image(_decoder().submit_data(data).result())
-        else:
-            gray = _image(_decoder().submit_data(data, mode="picture").result())
-        with self._lock:  # one inference at a time: the model is shared
-            image = fit_to_square(gray, classifier.manifest.input_size)
-            preds, cams = classifier.predict_with_heatmaps(["upload"], image[np.newaxis])
-        pred, cam = preds[0], cams[0]
-        m = classifier.manifest
-        return {"model_name": m.name, "model_version": m.version, "flag_label": pred.flag_label,
-                "threshold": pred.threshold, "flagged": pred.flagged,
-                "probability": pred.probabilities[pred.flag_label],
-                "probabilities": pred.probabilities, "note": remark,
-                "image": data_uri(gray_png(fit_to_square(gray, 512))),
-                "heatmap": data_uri(heat_rgba(cam, 512))}
+def trial_overlay(cam_png: bytes, box: dict[str, int], aspect: float, longest: int = TRY_SIZE) -> bytes:
+    """The heat map a worker stored for "try an image", in register with `upload_view`."""
+    with Image.open(BytesIO(cam_png)) as stored:  # our worker's own 8-bit PNG of the model's square
+        cam = np.asarray(stored.convert("L"), dtype=np.float32) / 255.0
+    trim = TrimBox(**box)
+    height, width = display_size(trim.rows, trim.columns, aspect=aspect, longest=longest)
+    return heat_overlay(cam, trim, height, width)

@@ -1,5 +1,7 @@
-"""Each view computes one plain data object. The HTML page (a Jinja template) and the JSON
-answer render that same object, so the page and the API cannot drift apart."""
+"""Each view computes one plain data object from db/ records. The HTML page (a Jinja template)
+and the JSON answer render that same object, so the page and the API cannot drift apart. Views
+read only the database: no file is opened and no header parsed while a page is computed (the
+patient details were recorded when the study arrived)."""
 
 from __future__ import annotations
 
@@ -10,30 +12,24 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy.orm import Session
 
-from cxrtriage.db.models import ModelVersion, SrExport, Study, as_utc
+from cxrtriage.db.accounts import close_windows
+from cxrtriage.db.feedback import study_feedback
 from cxrtriage.db.monitoring import model_stats, version_reads
-from cxrtriage.db.results import latest_export
 from cxrtriage.db.review import (
     VERDICTS,
     WorklistFilter,
-    find_study,
+    audit_events,
     iso,
-    record_details,
-    studies_without_details,
-    study_feedback,
-    study_images,
+    model_version_names,
+    sent_exports,
     worklist,
 )
-from cxrtriage.dicom.heatmap_writer import heatmap_uids
-from cxrtriage.dicom.reading import read_dataset
-from cxrtriage.domain import ExportKind, ModelInfo
-from cxrtriage.errors import InvalidInputError
+from cxrtriage.db.study_records import current_sr, find_study, study_details, study_images, study_version
+from cxrtriage.web.errors import FilterError
 
 logger = logging.getLogger(__name__)
-
-
-class FilterError(ValueError):
-    """A worklist query parameter with a value outside what it accepts."""
+STATES = ("", "in_progress", "done", "skipped", "failed", "received", "queued", "processing")
+AUDIT_PAGE = 200
 
 
 def _flag(value: str | None, name: str) -> bool | None:
@@ -53,9 +49,6 @@ def _date(value: str | None, name: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError as exc:
         raise FilterError(f"{name} must be a date (YYYY-MM-DD), got {value!r}") from exc
-
-
-STATES = ("", "in_progress", "done", "skipped", "failed", "received", "queued", "processing")
 
 
 def parse_filter(params: dict[str, str]) -> WorklistFilter:
@@ -78,130 +71,53 @@ def parse_filter(params: dict[str, str]) -> WorklistFilter:
                           model_version=params.get("model_version", "") or "", page=page, per_page=per_page)
 
 
-def fill_details(session: Session, study_uids: list[str]) -> None:
-    """Read the patient details of studies that do not have them yet from one stored header."""
-    for study_id, path in studies_without_details(session, study_uids):
-        values: dict[str, str] = {}
-        try:
-            ds = read_dataset(path, stop_before_pixels=True)
-            values = {"patient_name": str(ds.get("PatientName", "")),
-                      "patient_id": str(ds.get("PatientID", "")),
-                      "accession_number": str(ds.get("AccessionNumber", "")),
-                      "study_date": str(ds.get("StudyDate", "")),
-                      "study_description": str(ds.get("StudyDescription", ""))}
-        except (InvalidInputError, OSError):
-            logger.warning("study header unreadable; details left empty", extra={"study_id": study_id})
-        record_details(session, study_id, **values)
-
-
 def worklist_view(session: Session, user_id: int, params: dict[str, str],
                   escalate_after: timedelta) -> dict[str, Any]:
+    """The page; /api/worklist answers its `items`, with `total` in X-Total-Count."""
     f = parse_filter(params)
     items, total = worklist(session, user_id, f, escalate_after)
-    missing = [i["study_uid"] for i in items if i["patient_id"] is None]
-    if missing:
-        fill_details(session, missing)
-        items, total = worklist(session, user_id, f, escalate_after)
     pages = max(1, -(-total // f.per_page))
     query = {k: v for k, v in params.items() if v and k != "page"}
-    versions = sorted({v.version for v in session.query(ModelVersion).all()})
     return {"items": items, "total": total, "page": f.page, "pages": pages, "per_page": f.per_page,
             "filters": {k: params.get(k, "") for k in ("flagged", "reviewed", "state", "since", "until",
                                                        "model_version")},
-            "model_versions": versions, "states": STATES,
+            "model_versions": model_version_names(session), "states": STATES,
             "escalation_minutes": escalate_after.total_seconds() / 60,
             "prev_url": f"?{urlencode({**query, 'page': f.page - 1})}" if f.page > 1 else None,
             "next_url": f"?{urlencode({**query, 'page': f.page + 1})}" if f.page < pages else None}
 
 
-def _heatmap_paths(session: Session, study: Study) -> dict[str, str]:
-    """Stored heat map images of the current result, by source SOP Instance UID."""
-    version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
-    if version is None:
-        return {}
-    info = ModelInfo(version.name, version.version, "", version.device_uid, version.weights_sha256)
-    exports = {e.sr_sop_instance_uid: e.path for e in session.query(SrExport).filter(
-        SrExport.study_id == study.id, SrExport.kind == ExportKind.HEATMAP,
-        SrExport.model_version_id == version.id).all()}
-    out = {}
-    for image in study_images(session, study):
-        _, sop_uid = heatmap_uids(image["sop_instance_uid"], study.study_uid, info)
-        if sop_uid in exports:
-            out[image["sop_instance_uid"]] = exports[sop_uid]
-    return out
-
-
-def study_view(session: Session, study_uid: str, user_id: int, viewer_template: str,
-               live_sha256: str = "") -> dict[str, Any] | None:
-    """`live_sha256`: weights the app can compute heat maps with, for results whose worker stored
-    no heatmap (CXRTRIAGE_HEATMAPS off)."""
+def study_view(session: Session, study_uid: str, username: str,
+               viewer_template: str) -> dict[str, Any] | None:
+    """One study: details, result, images (true-geometry image URLs, and the heat map the worker
+    stored for the current result), the current SR and the verdicts. None for an unknown study."""
     study = find_study(session, study_uid)
     if study is None:
         return None
-    fill_details(session, [study_uid])
-    details = study_view_details(session, study)
-    version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
-    heatmaps = _heatmap_paths(session, study)
-    live = bool(version and live_sha256 and version.weights_sha256 == live_sha256)
-    images = []
+    version = study_version(session, study)
     base = f"/studies/{quote(study_uid)}/images"
+    images = []
     for image in study_images(session, study):
-        uid = image.pop("sop_instance_uid")
-        image.pop("path")
-        images.append({"sop_instance_uid": uid, **image, "image_url": f"{base}/{quote(uid)}.png",
-                       "heatmap_url": f"{base}/{quote(uid)}/heatmap.png"
-                       if uid in heatmaps or (live and image["probabilities"]) else None})
-    export = latest_export(session, study.id)
-    feedback = study_feedback(session, study)
-    mine = next((f for f in feedback if f["username"] == _username(session, user_id)), None)
+        has_heatmap = image.pop("has_heatmap")
+        url = f"{base}/{quote(image['sop_instance_uid'])}"
+        images.append({**image, "image_url": f"{url}.png", "full_image_url": f"{url}.png?size=full",
+                       "heatmap_url": f"{url}/heatmap.png" if has_heatmap else None})
+    feedback = study_feedback(session, study.id, study.model_version_id)
+    mine = next((f for f in feedback if f["username"] == username), None)
     return {
         "study_uid": study.study_uid, "state": study.state, "reason": study.reason, "flagged": study.flagged,
-        "received_at": iso(study.created_at), "finished_at": iso(study.finished_at), **details,
+        "received_at": iso(study.received_at), "finished_at": iso(study.finished_at),
+        **study_details(session, study.id),
         "model_name": version.name if version else None,
         "model_version": version.version if version else None,
-        "flag_label": version.manifest.get("flag_label") if version else None,
-        "threshold": version.manifest.get("threshold") if version else None,
-        "images": images,
-        "sr": {"state": export.state, "kind": export.kind, "sop_instance_uid": export.sr_sop_instance_uid,
-               "attempts": export.attempts, "sent_at": iso(export.sent_at)} if export else None,
+        "flag_label": version.flag_label if version else None,
+        "threshold": version.threshold if version else None,
+        "images": images, "sr": current_sr(session, study.id),
         "viewer_url": viewer_template.replace("{study_uid}", quote(study_uid)) if viewer_template else None,
-        "has_result": study.model_version_id is not None and study.flagged is not None,
+        "has_result": study.has_result,
         "feedback": feedback, "my_verdict": mine["verdict"] if mine else None,
         "my_comment": mine["comment"] if mine else "", "verdicts": VERDICTS,
     }
-
-
-def _username(session: Session, user_id: int) -> str:
-    from cxrtriage.db.models import User
-
-    user = session.get(User, user_id)
-    return user.username if user else ""
-
-
-def study_view_details(session: Session, study: Study) -> dict[str, Any]:
-    from cxrtriage.db.models import StudyDetails
-
-    details = session.get(StudyDetails, study.id)
-    fields = ("patient_name", "patient_id", "accession_number", "study_date", "study_description")
-    return {k: getattr(details, k) if details else "" for k in fields}
-
-
-def instance_paths(session: Session, study_uid: str, sop_uid: str) -> tuple[str | None, str | None, str]:
-    """(stored image path, stored heatmap path, weights sha256 of the current result) of one
-    image of the study."""
-    study = find_study(session, study_uid)
-    if study is None:
-        return None, None, ""
-    from cxrtriage.db.models import Instance
-
-    instance = session.query(Instance).filter(Instance.study_id == study.id,
-                                              Instance.sop_instance_uid == sop_uid).one_or_none()
-    if instance is None:
-        return None, None, ""
-    version = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
-    classified = instance.state == "classified"
-    return (instance.path, _heatmap_paths(session, study).get(sop_uid),
-            version.weights_sha256 if version and classified else "")
 
 
 def dashboard_view(session: Session, with_plots: bool = True) -> dict[str, Any]:
@@ -213,8 +129,18 @@ def dashboard_view(session: Session, with_plots: bool = True) -> dict[str, Any]:
     for version in reads:
         summary = summarise(version)
         entry = {**stats[(version.name, version.version)], **summary,
-                 "registered_at": iso(as_utc(version.registered_at))}
+                 "registered_at": iso(version.registered_at)}
         if with_plots:
             entry["figure"] = version_figure(version, summary)
         versions.append(entry)
     return {"versions": list(reversed(versions)), "operating_points": operating_point(reads)}
+
+
+def audit_view(session: Session, offset: int, window_seconds: float) -> dict[str, Any]:
+    """The append-only audit log, with SR exports (recorded by the workers) alongside. Sign-in
+    failure windows that have passed are summarised into the log first, so the page is complete."""
+    if close_windows(session, window_seconds):
+        session.commit()
+    offset = max(offset, 0)
+    return {"events": audit_events(session, limit=AUDIT_PAGE, offset=offset), "offset": offset,
+            "exports": sent_exports(session)}

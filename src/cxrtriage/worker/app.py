@@ -16,6 +16,8 @@ from cxrtriage.worker.runtime import Runtime, RuntimeSource
 
 QUEUE = "cxrtriage"
 EXPORT_QUEUE = "cxrtriage.exports"  # SR sending, apart from classification
+BULK_QUEUE = "cxrtriage.bulk"  # reprocessing: live studies never wait behind its messages
+STUDY_QUEUES = (QUEUE, BULK_QUEUE)
 PROCESS_STUDY_TASK = "cxrtriage.process_study"
 EXPORT_SR_TASK = "cxrtriage.export_sr"
 

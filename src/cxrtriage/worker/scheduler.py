@@ -36,7 +36,7 @@ from cxrtriage.db.operations import (
 )
 from cxrtriage.db.session import Database
 from cxrtriage.db.studies import next_quiet_at, queue_quiet_studies, requeue_abandoned
-from cxrtriage.worker.app import QUEUE
+from cxrtriage.worker.app import STUDY_QUEUES
 from cxrtriage.worker.dispatch import Dispatcher
 from cxrtriage.worker.export import dispatch_hold_seconds
 from cxrtriage.worker.monitoring import SchedulerMetrics
@@ -112,7 +112,7 @@ def nightly_reprocess(db: Database, settings: Settings, dispatcher: Dispatcher, 
             uids = select_for_reprocessing(session, ReprocessSelection(not_read_by=(model_id,)))
         advance = (lambda n: metrics.dispatched.labels(kind="reprocess").inc(n)) if metrics else None
         queued = requeue_paced(db, uids, model, Pace.from_settings(settings), stop, advance=advance,
-                               enqueue=dispatcher.study)
+                               enqueue=dispatcher.bulk_study)
         outcome = "stopped" if stop.is_set() else "ran"
         return queued
     finally:
@@ -128,7 +128,8 @@ def refresh_gauges(db: Database, dispatcher: Dispatcher, metrics: SchedulerMetri
         for state, count in waiting_counts(session).items():
             metrics.studies_waiting.labels(state=state).set(count)
         metrics.exports_pending.set(pending_exports(session))
-    metrics.queue_depth.labels(queue=QUEUE).set(dispatcher.queue_depth())
+    for queue in STUDY_QUEUES:
+        metrics.queue_depth.labels(queue=queue).set(dispatcher.queue_depth(queue))
 
 
 def _pause(stop: threading.Event, wake: threading.Event, seconds: float, earliest: float) -> None:

@@ -1,12 +1,90 @@
 // The heatmap toggle: shows or hides every heat map overlay on the page.
-document.addEventListener("DOMContentLoaded", function () {
+function applyToggle() {
   var toggle = document.getElementById("heatmap-toggle");
   if (!toggle) { return; }
-  function apply() {
-    document.querySelectorAll("img.heatmap").forEach(function (img) {
-      img.style.visibility = toggle.checked ? "visible" : "hidden";
-    });
+  document.querySelectorAll("img.heatmap").forEach(function (img) {
+    img.style.visibility = toggle.checked ? "visible" : "hidden";
+  });
+}
+
+// "Try an image": ask for the worker's answer until it comes, or say that none came in time.
+function showAnswer(box, answer) {
+  var status = document.getElementById("try-status");
+  if (answer.state === "failed") {
+    status.textContent = "Not classified: " + answer.error;
+    status.className = "error";
+    return;
   }
-  toggle.addEventListener("change", apply);
-  apply();
+  status.textContent = "";
+  var model = document.getElementById("try-model");
+  model.textContent = answer.model_name + " " + answer.model_version + " · threshold " +
+    answer.threshold.toFixed(3) + " on " + answer.flag_label + " · ";
+  if (answer.flagged) {
+    var badge = document.createElement("span");
+    badge.className = "badge flag";
+    badge.textContent = "FLAGGED";
+    model.appendChild(badge);
+  } else {
+    model.appendChild(document.createTextNode("not flagged"));
+  }
+  model.hidden = false;
+  var table = document.getElementById("try-probabilities");
+  Object.keys(answer.probabilities).forEach(function (label) {
+    var p = answer.probabilities[label];
+    var row = table.insertRow();
+    row.insertCell().textContent = label;
+    var value = row.insertCell();
+    value.className = "num";
+    value.textContent = p.toFixed(3);
+    var bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = Math.round(p * 120) + "px";
+    row.insertCell().appendChild(bar);
+  });
+  table.hidden = false;
+  if (answer.note) {
+    var note = document.getElementById("try-note");
+    note.textContent = answer.note;
+    note.hidden = false;
+  }
+  if (answer.heatmap_url) {
+    var heat = document.getElementById("try-heatmap");
+    heat.src = answer.heatmap_url;
+    heat.classList.remove("pending");
+  }
+  box.dataset.state = answer.state;
+}
+
+function waitForAnswer(box) {
+  var url = box.dataset.answerUrl;
+  var deadline = Date.now() + 1000 * Number(box.dataset.waitSeconds || 120);
+  function ask() {
+    fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (answer) {
+        if (answer && answer.state !== "pending") { showAnswer(box, answer); return; }
+        if (Date.now() > deadline) {
+          var status = document.getElementById("try-status");
+          status.textContent = "No answer from the workers after " + box.dataset.waitSeconds +
+            " seconds: they may be busy or stopped. The answer will be at " + url +
+            " when it comes (kept for a day).";
+          status.className = "error";
+          box.dataset.state = "timeout";
+          return;
+        }
+        setTimeout(ask, 500);
+      })
+      .catch(function () { setTimeout(ask, 1000); });
+  }
+  ask();
+}
+
+document.addEventListener("DOMContentLoaded", function () {
+  var toggle = document.getElementById("heatmap-toggle");
+  if (toggle) {
+    toggle.addEventListener("change", applyToggle);
+    applyToggle();
+  }
+  var box = document.getElementById("try-answer");
+  if (box) { waitForAnswer(box); }
 });
