@@ -200,7 +200,9 @@ class Receiver:
         if self.ssl_context is not None:  # handshake per connection, not in the accept loop
             DeferredHandshake(self.ssl_context, self.limits.tls_handshake_timeout,
                               self.limits.max_pending_connections).install(server)
-        # Accepting starts once the hooks are in place: no connection gets past them.
+        # Accepting starts once the hooks are in place: no connection gets past them. Registered
+        # with the AE as start_server does, so that the server's shutdown finds itself there.
+        self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, name="receiver-acceptor", daemon=True).start()
         self._heartbeat = threading.Thread(target=self._beat, name="receiver-heartbeat", daemon=True)
         self._heartbeat.start()
