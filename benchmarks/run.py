@@ -29,7 +29,13 @@ Every measurement is printed beside a ratio to a reference measured in the same 
 - reprocess (with CUDA, or BENCH_REPROCESS=1): `cxrtriage reprocess --include-read` of the
   pipeline's studies, unpaced, until none is queued or processing; GPU busy % from nvidia-smi.
   Reference: the floor on the same device, and the bare model at batch 64.
-- web: review app page times with BENCH_WEB_STUDIES studies (benchmarks/web.py).
+- live: a bulk reprocessing run (BENCH_LIVE_BULK studies, unpaced) with one live study sent
+  every BENCH_LIVE_INTERVAL s from half-way: live SR latency past the quiet time, and the bulk
+  rate before and while live studies arrive (benchmarks/live_first.py). Reference: the live
+  latency on the idle service, the bulk rate before live traffic, and the floor.
+- web: review app page times with BENCH_WEB_STUDIES studies, first paint of a 3000 x 2500 image
+  (the preview PNG, then the viewer's values) against a 224 x 224 one, and the web process's
+  resident memory after all of it (benchmarks/web.py).
 - hostile: what each attack costs the receiver (benchmarks/hostile.py), the decoder children
   (benchmarks/hostile_pixels.py) and the review app (benchmarks/hostile_web.py), each beside an
   honest sender or browser. Reference: that honest client on the idle server, and an honest image.
@@ -37,15 +43,18 @@ Every measurement is printed beside a ratio to a reference measured in the same 
 Settings: the model is the one the pipeline would serve (CXRTRIAGE_MODEL, else the bundled
 package); everything else is the embedded default (SQLite, filesystem broker, default sweep).
 
-Knobs (environment variables), defaults sized for about 10 minutes on a 2-core machine:
+Knobs (environment variables), defaults sized for about 13 minutes on a 2-core machine:
   BENCH_STUDIES=90          studies for the floor and the pipeline (120 images)
   BENCH_LATENCY_STUDIES=10  one-image studies for latency
   BENCH_INGEST_FILES=40     instances per ingest round (two rounds per server: 1 and 4 associations)
   BENCH_QUIET_SECONDS=1     CXRTRIAGE_STUDY_QUIET_SECONDS for the pipeline and latency
   BENCH_WEB_STUDIES=10000   studies seeded for the review app; 0 skips it
   BENCH_REPROCESS=auto      1 or 0 forces bulk reprocessing on or off (auto: only with CUDA)
-  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,ingest,decoders,model,web,
-                            hostile,route); default all
+  BENCH_LIVE_BULK=60        live: studies reprocessed in bulk, at least 16 (about 3 minutes on 2 cores)
+  BENCH_LIVE_INTERVAL=3     live: seconds between live studies during the bulk run
+  BENCH_LIVE_IDLE=3         live: studies sent on the idle service first, for the reference
+  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,live,ingest,decoders,model,
+                            web,hostile,route); default all
   BENCH_KEEP=1              keep the work folder (server logs, files) and print where it is
 """
 
@@ -72,6 +81,7 @@ from benchmarks import (
     hostile_web,
     ingest,
     instance_route,
+    live_first,
     model,
     pipeline,
     web,
@@ -81,7 +91,7 @@ from cxrtriage.config import load_settings
 from cxrtriage.models.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("floor", "pipeline", "ingest", "decoders", "model", "web", "hostile", "route")
+PARTS = ("floor", "pipeline", "live", "ingest", "decoders", "model", "web", "hostile", "route")
 
 
 def _int(name: str, default: int) -> int:
@@ -162,6 +172,9 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
             if "reprocess" in figures:
                 report.ratio("reprocess_to_floor_ratio", figures["reprocess"], figures.get("floor"))
 
+        if "live" in only:
+            live_first.run(report, work / "live", quiet, cuda, figures.get("floor"))
+
         if "ingest" in only:
             _ingest(report, work, ingest_n)
 
@@ -193,14 +206,21 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
                              numbers["model_inference_b64_images_per_s"])
 
         if "web" in only and web_n > 0:
-            report.note(f"web: review app with {web_n} studies seeded (SQLite, loopback HTTP, signed in)")
-            seconds, pages = web.measure(web_n)
+            report.note(f"web: review app with {web_n} studies seeded (SQLite, `cxrtriage web` over loopback "
+                        "HTTP, signed in); first paint of a 3000 x 2500 12-bit image never served before "
+                        "against a 224 x 224 one; the web process's VmRSS after all of it")
+            seconds, pages, paint = web.measure(web_n)
             report.add("web_studies", web_n)
             report.add("web_seed_s", seconds, 1)
             for key, timing in pages.items():
                 report.add(f"web_{key}_median_ms", timing["median_ms"], 1)
             report.ratio("web_worklist_page1_to_metrics_ratio", pages["worklist_page1"]["median_ms"],
                          pages["metrics"]["median_ms"])
+            for key, value in paint.items():
+                report.add(f"web_{key}", value, 1)
+            for what in ("preview", "viewer_data"):
+                report.ratio(f"web_large_to_small_{what}_ratio", paint[f"large_{what}_ms"],
+                             paint[f"small_{what}_ms"])
 
         if "hostile" in only:
             _hostile(report, work)

@@ -108,6 +108,9 @@ def test_processes_share_only_storage_database_and_broker(tmp_path: Path, tiny_p
         exporter = start("exporter", "worker", "--pool", "threads", "--queues", "exports",
                          "--concurrency", "2")
         wait_for(lambda: echoscu(port), 60, "receiver C-ECHO", interval=0.5)
+        # Every worker consuming before the studies arrive, so that both classifiers compete.
+        wait_for(lambda: all(' ready."' in proc.log() for proc in (*workers, exporter)), 60,
+                 "every Celery worker ready", interval=0.5)
 
         studies = [generate_uid() for _ in range(STUDIES)]
         files = [path for i, uid in enumerate(studies) for path in write_study(
