@@ -152,3 +152,60 @@ def _details_of(paths: list[str] | None) -> dict[str, str]:
                 "accession_number": "AccessionNumber", "study_date": "StudyDate",
                 "study_description": "StudyDescription"}
     return {field: str(ds.get(keyword, "")) for field, keyword in keywords.items()}
+
+
+def stored_image(folder: Path, study_uid: str | None = None, name: str = "pneumonia-1", scale: int = 1,
+                 bits: int = 8, **attributes: Any) -> Path:
+    """A sample radiograph stored as a file, `scale` times larger and at `bits` bits stored (12:
+    the values shifted up four bits, a little noise added, as a detector's would be), with the
+    sentinel patient data."""
+    import numpy as np
+
+    from cxrtriage.dicom.wrap import wrap_image
+    from tests.factory import SENTINELS, sample_pixels
+
+    pixels = sample_pixels(name)
+    if scale > 1:
+        pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
+    if bits > 8:
+        noise = np.random.default_rng(3).integers(0, 1 << (bits - 8), pixels.shape)
+        pixels = ((pixels.astype(np.uint16) << (bits - 8)) + noise).astype(np.uint16)
+    ds = wrap_image(pixels, study_uid=study_uid or generate_uid(), bits_stored=bits if bits > 8 else None,
+                    **{**SENTINELS, "PatientAge": "003Y", **attributes})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def stored_heatmap(session: Session, image: Path, model_version_id: int, folder: Path,
+                   spot: tuple[float, float] = (0.3, 0.7), size: int = 64) -> Path:
+    """The worker's heat map of an indexed `image`: one hot spot at `spot` (row, column as
+    fractions of the model's square, which is the image's trimmed region squashed), stored as
+    the worker stores it, with its export row."""
+    import numpy as np
+
+    from cxrtriage.db.results import record_export
+    from cxrtriage.dicom.heatmap_writer import build_heatmap
+    from cxrtriage.dicom.preprocess import dataset_to_gray
+    from cxrtriage.dicom.sr_header import clean_header
+    from cxrtriage.domain import ModelInfo
+    from cxrtriage.models.heatmap import overlay
+    from cxrtriage.models.model_input import fit_to_square
+
+    ds = pydicom.dcmread(image)
+    rows, columns = np.mgrid[0:size, 0:size]
+    centre = (spot[0] * size, spot[1] * size)
+    cam = np.exp(-((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (2 * (size / 12) ** 2))
+    heatmap = build_heatmap(clean_header(ds), overlay(fit_to_square(dataset_to_gray(ds), size),
+                                                      cam.astype(np.float32)),
+                            ModelInfo("seed-model", "1.0.0", "tests", "1.2.3", "ab" * 32), 1)
+    path = folder / f"heatmap-{heatmap.SOPInstanceUID}.dcm"
+    heatmap.save_as(path, enforce_file_format=True)
+    instance = session.scalar(select(Instance).where(Instance.path == str(image)))
+    assert instance is not None, "index the image first"
+    record_export(session, study_id=instance.study_id, model_version_id=model_version_id,
+                  series_uid=str(heatmap.SeriesInstanceUID), sop_uid=str(heatmap.SOPInstanceUID),
+                  supersedes_uid=None, kind=ExportKind.HEATMAP, path=str(path), destination="",
+                  source_instance_id=instance.id)
+    return path

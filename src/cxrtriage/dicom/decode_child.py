@@ -8,6 +8,11 @@ space than the limit). Then it answers requests on stdin, one at a time, for as 
     request  = u32 length, JSON {"mode", "path", "sha256", "size"}, then `size` bytes of file
     response = u32 length, JSON {"reason", "message", "shape", "dtype"}, then the pixels
 
+Mode "modality" (the review app's viewer) answers the modality values before VOI
+(preprocess.modality_values: uint16 codes or float32) and adds to the JSON "offset", "padded"
+(whether any pixel is padding), "display" (dicom/display.py) and "luts" (each VOI LUT's length);
+after the pixels come the VOI LUT tables, float32 each.
+
 The parent parses responses as data, never as pickles: a decoder that a file has taken over
 must not be able to run code in the worker. Nothing is logged and warnings are off: pydicom's
 warnings quote values from the file, which may be patient data.
@@ -25,8 +30,9 @@ from typing import IO, Any
 
 HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 1 << 16
-# The DICOM grayscale pipeline; a stored RGB heat map as it is; a PNG or JPEG upload as gray.
-MODES = ("gray", "rgb8", "picture")
+# The DICOM grayscale pipeline; a stored RGB heat map as it is; a PNG or JPEG upload as gray;
+# the modality values with the display attributes, for a viewer that windows them itself.
+MODES = ("gray", "rgb8", "picture", "modality")
 
 
 def read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -36,11 +42,12 @@ def read_exact(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def write_message(stream: IO[bytes], header: dict[str, Any], payload: Any = b"") -> None:
+def write_message(stream: IO[bytes], header: dict[str, Any], payload: Any = b"", *more: Any) -> None:
     text = json.dumps(header).encode()
     stream.write(HEADER.pack(len(text)) + text)
-    if len(payload):
-        stream.write(payload)
+    for part in (payload, *more):
+        if len(part):
+            stream.write(part)
     stream.flush()
 
 
@@ -77,6 +84,8 @@ def _decode(request: dict[str, Any], data: bytes | None, max_decoded_bytes: int)
     del data
     if request["mode"] == "gray":
         return np.ascontiguousarray(dataset_to_gray(ds, max_decoded_bytes), dtype=np.float32), "float32"
+    if request["mode"] == "modality":
+        return _modality(ds, max_decoded_bytes), "modality"
     check_pixel_contract(ds, max_decoded_bytes)
     try:
         rgb = first_frame(ds)
@@ -90,11 +99,25 @@ def _decode(request: dict[str, Any], data: bytes | None, max_decoded_bytes: int)
     return np.ascontiguousarray(rgb), "uint8"
 
 
+def _modality(ds: Any, max_decoded_bytes: int) -> tuple[Any, dict[str, Any], list[Any]]:
+    """The modality values, the header fields of the answer, and the VOI LUT tables."""
+    import numpy as np
+
+    from cxrtriage.dicom.display import display_attributes
+    from cxrtriage.dicom.preprocess import modality_values
+
+    values, offset, padded = modality_values(ds, max_decoded_bytes)
+    display, luts = display_attributes(ds)
+    fields = {"offset": offset, "padded": padded, "display": display, "luts": [int(t.size) for t in luts]}
+    return np.ascontiguousarray(values), fields, [np.ascontiguousarray(t, dtype=np.float32) for t in luts]
+
+
 def _warm_up() -> None:
     """Import pydicom and every decoder now, before saying ready: not in a file's time limit."""
     from pydicom.pixels import get_decoder
 
     from cxrtriage.dicom.decoding import PREFERRED_PLUGIN
+    from cxrtriage.dicom.display import display_attributes  # noqa: F401 - imported for its cost
     from cxrtriage.dicom.preprocess import dataset_to_gray  # noqa: F401 - imported for its cost
 
     for syntax in PREFERRED_PLUGIN:
@@ -150,8 +173,14 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], max_decoded_bytes: int) -> None:
             write_message(stdout, {"reason": Reason.UNDECODABLE_PIXELS.value,
                                    "message": f"pixel data cannot be decoded: {type(exc).__name__}"})
             continue
-        write_message(stdout, {"reason": "", "message": "", "shape": list(pixels.shape), "dtype": dtype},
-                      memoryview(pixels).cast("B"))
+        if dtype == "modality":
+            values, fields, luts = pixels
+            write_message(stdout, {"reason": "", "message": "", "shape": list(values.shape),
+                                   "dtype": values.dtype.name, **fields},
+                          memoryview(values).cast("B"), *(memoryview(t).cast("B") for t in luts))
+        else:
+            write_message(stdout, {"reason": "", "message": "", "shape": list(pixels.shape), "dtype": dtype},
+                          memoryview(pixels).cast("B"))
         del pixels
 
 

@@ -9,6 +9,7 @@ torch so that the receiver never loads it.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -210,3 +211,79 @@ def _dataset_to_gray(ds: Dataset) -> np.ndarray:
     if padding is not None:
         gray[padding] = 0.0
     return gray.astype(np.float32, copy=False)
+
+
+# --- modality values, for a viewer that applies VOI and presentation itself -------------------
+
+PADDING_CODE = 65535  # in uint16 modality values: a Pixel Padding Value pixel (not a value)
+_INT32 = 2**31 - 1
+
+
+def modality_values(ds: Dataset,
+                    max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, float, bool]:
+    """The first frame after the Modality LUT (Rescale Slope/Intercept or the Modality LUT
+    Sequence), before any VOI: grayscale images only (colour has no modality values).
+
+    When every value is a whole number and they span at most 65535 (65534 when the image has
+    Pixel Padding Value pixels), uint16 codes, value = code + offset, padding as PADDING_CODE:
+    half the bytes of float32, exact. Otherwise float32 values (offset 0), padding as NaN.
+    Returns (values, offset, whether any pixel is padding). The same checks and limits as
+    `dataset_to_gray` run first."""
+    try:
+        check_pixel_contract(ds, max_decoded_bytes)
+        return _modality_values(ds)
+    except InvalidInputError:
+        raise
+    except MemoryError as exc:  # a decoder under its memory limit (dicom/sandbox.py)
+        raise InvalidInputError("decoding exceeded the decoder's memory limit",
+                                Reason.UNDECODABLE_PIXELS) from exc
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+            NotImplementedError, RuntimeError) as exc:
+        raise InvalidInputError(f"pixel attributes are inconsistent: {type(exc).__name__}") from exc
+
+
+def _modality_values(ds: Dataset) -> tuple[np.ndarray, float, bool]:
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InvalidInputError(f"{photometric} images have no modality values (grayscale only)",
+                                Reason.UNSUPPORTED_PIXELS)
+    raw = _first_frame(ds)
+    if raw.ndim != 2:
+        raise InvalidInputError(f"grayscale pixel array must be 2-D, got shape {raw.shape}")
+    padding = raw == ds.PixelPaddingValue if "PixelPaddingValue" in ds else None
+    if padding is not None and not padding.any():
+        padding = None
+    kept = raw[~padding] if padding is not None else raw
+    if kept.size == 0:  # every pixel is padding: nothing to show but padding
+        return np.full(raw.shape, PADDING_CODE, dtype=np.uint16), 0.0, True
+    span_limit = PADDING_CODE - 1 if padding is not None else PADDING_CODE
+    codes: np.ndarray | None = None
+    offset = 0.0
+    if ds.get("ModalityLUTSequence"):
+        values = np.asarray(apply_modality_lut(raw, ds))
+        if values.dtype.kind in "iu":  # LUT entries: whole numbers by definition
+            shown = values[~padding] if padding is not None else values
+            low, high = int(shown.min()), int(shown.max())
+            if high - low <= span_limit:
+                codes, offset = (values.astype(np.int64) - low).astype(np.uint16), float(low)
+    elif raw.dtype.kind in "iu":
+        rescaled = "RescaleSlope" in ds and "RescaleIntercept" in ds  # as _modality: both or neither
+        slope = float(ds.RescaleSlope) if rescaled else 1.0
+        intercept = float(ds.RescaleIntercept) if rescaled else 0.0
+        if slope.is_integer() and intercept.is_integer():
+            a, b = int(kept.min()) * int(slope), int(kept.max()) * int(slope)
+            low, high = min(a, b) + int(intercept), max(a, b) + int(intercept)
+            if high - low <= span_limit and max(abs(a), abs(b), abs(int(intercept) - low)) <= _INT32:
+                work: np.ndarray[Any, np.dtype[np.signedinteger[Any]]] = raw.astype(
+                    np.int32 if raw.itemsize < 4 else np.int64)
+                np.multiply(work, int(slope), out=work)  # padding may wrap: overwritten below
+                np.add(work, int(intercept) - low, out=work)
+                codes, offset = work.astype(np.uint16), float(low)
+    if codes is not None:
+        if padding is not None:
+            codes[padding] = PADDING_CODE
+        return codes, offset, padding is not None
+    values = _modality(raw, ds)
+    if padding is not None:
+        values[padding] = np.nan
+    return np.ascontiguousarray(values, dtype=np.float32), 0.0, padding is not None

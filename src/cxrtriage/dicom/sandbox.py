@@ -14,6 +14,10 @@ keeps one parent thread per child, so a batch decodes on every core. Outcomes pe
 No other file of the batch is affected by any of these. The child's answers are parsed as data
 and checked against the limits (shape, dtype, size) before any allocation: a decoder that a file
 has taken over can corrupt only its own answer.
+
+`decode_values` asks for the modality values before VOI and the display attributes (mode
+"modality", for the review app's viewer), under the same limits; its display attributes are
+rebuilt from known keys and bounds (dicom/display.checked_display) before anyone sees them.
 """
 
 from __future__ import annotations
@@ -31,19 +35,21 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 import cxrtriage
 from cxrtriage.dicom.decode_child import HEADER, MAX_HEADER_BYTES
+from cxrtriage.dicom.display import checked_display
 from cxrtriage.dicom.preprocess import MAX_DECODED_BYTES, MAX_PIXELS
 from cxrtriage.domain import Reason
 
 logger = logging.getLogger(__name__)
 Decoded = tuple[np.ndarray | None, str, str]  # image, or the coded reason and message it has none
 START_SECONDS = 60.0  # a child's imports, on a loaded machine; apart from a file's time limit
-_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "uint8": np.dtype(np.uint8)}
+_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "uint8": np.dtype(np.uint8),
+                                     "uint16": np.dtype(np.uint16)}
 # Single-threaded numeric libraries: one decode per child, and no per-thread arenas to reserve.
 _CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -53,6 +59,23 @@ class DecodeLimits:
     memory_bytes: int = 2 * 1024**3  # each child's address space (RLIMIT_AS)
     timeout_seconds: float = 30.0  # one file's decode, from its request to its answer
     max_decoded_bytes: int = MAX_DECODED_BYTES  # checked from the header before any decoder runs
+
+
+@dataclass(frozen=True)
+class ModalityImage:
+    """An image's modality values (mode "modality"): uint16 codes with value = code + offset and
+    padding as preprocess.PADDING_CODE, or float32 values with padding as NaN; the display
+    attributes (dicom/display.py) and the VOI LUT tables they list."""
+
+    values: np.ndarray
+    offset: float
+    padded: bool  # some pixels are Pixel Padding Value: shown black, never windowed
+    display: dict[str, Any]
+    luts: list[np.ndarray]
+
+
+ValuesDecoded = tuple[ModalityImage | None, str, str]
+_Answer = tuple[np.ndarray | ModalityImage | None, str, str]
 
 
 class ChildDied(Exception):
@@ -157,7 +180,7 @@ class Child:
             raise ChildDied()
         return header
 
-    def request(self, mode: str, path: str | None, sha256: str, data: bytes | None) -> Decoded:
+    def request(self, mode: str, path: str | None, sha256: str, data: bytes | None) -> _Answer:
         """One file decoded; raises ChildDied or ChildTimedOut (the child is then dead)."""
         if self.process is None or self.process.poll() is not None:
             self.kill()
@@ -180,7 +203,7 @@ class Child:
             self.kill()
             raise
 
-    def _answer(self, mode: str, deadline: float) -> Decoded:
+    def _answer(self, mode: str, deadline: float) -> _Answer:
         assert self.process is not None and self.process.stdout is not None
         header = self._message(deadline)
         reason = str(header.get("reason", ""))
@@ -188,6 +211,8 @@ class Child:
             if reason not in Reason._value2member_map_:
                 raise ChildDied()
             return None, reason, str(header.get("message", ""))[:500]
+        if mode == "modality":
+            return self._values(header, deadline), "", ""
         shape, dtype = header.get("shape"), _DTYPES.get(str(header.get("dtype")))
         expected = (3, "uint8") if mode == "rgb8" else (2, "float32")
         if (dtype is None or dtype.name != expected[1] or not isinstance(shape, list)
@@ -198,6 +223,33 @@ class Child:
         view = memoryview(pixels.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         _read(self.process.stdout.fileno(), pixels.nbytes, deadline, view)
         return pixels, "", ""
+
+    def _values(self, header: dict[str, Any], deadline: float) -> ModalityImage:
+        """Mode "modality": the values (uint16 or float32, at most 4 bytes a decoded byte), then
+        each VOI LUT (float32), all checked before anything is allocated."""
+        assert self.process is not None and self.process.stdout is not None
+        shape, offset = header.get("shape"), header.get("offset")
+        dtype = _DTYPES.get(str(header.get("dtype")))
+        if (dtype is None or dtype.name not in ("uint16", "float32") or not isinstance(shape, list)
+                or len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape)
+                or shape[0] * shape[1] > MAX_PIXELS
+                or shape[0] * shape[1] * dtype.itemsize > 4 * self.limits.max_decoded_bytes
+                or isinstance(offset, bool) or not isinstance(offset, int | float)
+                or not np.isfinite(offset) or not isinstance(header.get("padded"), bool)):
+            raise ChildDied()
+        try:
+            display, lengths = checked_display(header.get("display"), header.get("luts"))
+        except ValueError as exc:
+            raise ChildDied() from exc
+        fd = self.process.stdout.fileno()
+        values = np.empty(shape, dtype=dtype)
+        _read(fd, values.nbytes, deadline, memoryview(values.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+        luts = []
+        for length in lengths:
+            table = np.empty(length, dtype=np.float32)
+            _read(fd, table.nbytes, deadline, memoryview(table.view(np.uint8)))  # type: ignore[arg-type]
+            luts.append(table)
+        return ModalityImage(values, float(offset), header["padded"], display, luts)
 
 
 class DecoderPool:
@@ -225,22 +277,30 @@ class DecoderPool:
     def submit(self, path: str, sha256: str = "", mode: str = "gray") -> Future[Decoded]:
         """A stored file's image; `sha256` (when given) must still be the file's digest."""
         executor, idle = self._started()
-        return executor.submit(self._decode, idle, mode, path, sha256, None)
+        return cast(Future[Decoded], executor.submit(self._decode, idle, mode, path, sha256, None))
 
     def submit_data(self, data: bytes, mode: str = "gray") -> Future[Decoded]:
         """An uploaded file's image, decoded from its bytes."""
         executor, idle = self._started()
-        return executor.submit(self._decode, idle, mode, None, "", data)
+        return cast(Future[Decoded], executor.submit(self._decode, idle, mode, None, "", data))
 
     def decode(self, path: str, sha256: str = "", mode: str = "gray") -> Decoded:
+        if mode == "modality":
+            raise ValueError("mode 'modality' answers through decode_values")
         return self.submit(path, sha256, mode).result()
+
+    def decode_values(self, path: str, sha256: str = "") -> ValuesDecoded:
+        """A stored file's modality values and display attributes (mode "modality")."""
+        executor, idle = self._started()
+        future = executor.submit(self._decode, idle, "modality", path, sha256, None)
+        return cast(ValuesDecoded, future.result())
 
     def pids(self) -> list[int]:
         with self._lock:
             return [pid for child in self._children if (pid := child.pid) is not None]
 
     def _decode(self, idle: queue.Queue[Child], mode: str, path: str | None, sha256: str,
-                data: bytes | None) -> Decoded:
+                data: bytes | None) -> _Answer:
         child = idle.get()
         try:
             for attempt in (1, 2):

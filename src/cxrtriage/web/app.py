@@ -15,6 +15,7 @@ are the workers' (worker/trial.py, worker/assessment.py)."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -31,7 +32,9 @@ from cxrtriage.web.metrics import registry_for
 from cxrtriage.web.pages import HERE, templates
 from cxrtriage.web.routes import OPEN, SIGNED_IN
 from cxrtriage.web.trials import TrialDesk
-from cxrtriage.worker.dispatch import Dispatcher
+
+if TYPE_CHECKING:  # Celery loads when the app first queues work (web/deps.get_dispatcher)
+    from cxrtriage.worker.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 65536  # "try an image": boundaries, part headers and the CSRF field

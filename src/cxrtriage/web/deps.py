@@ -1,16 +1,20 @@
 """What routes are given (FastAPI dependencies): the database session of the request, the
-settings, and the dispatcher through which the review app queues work for the workers."""
+settings, and the dispatcher through which the review app queues work for the workers (Celery is
+imported only then: an app that never queues neither connects to the broker nor loads it)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 
 from cxrtriage.config import Settings
-from cxrtriage.worker.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from cxrtriage.worker.dispatch import Dispatcher
 
 _dispatcher_lock = threading.Lock()
 
@@ -33,6 +37,8 @@ def get_dispatcher(request: Request) -> Dispatcher:
     state = request.app.state
     with _dispatcher_lock:
         if state.dispatcher is None:
+            from cxrtriage.worker.dispatch import Dispatcher
+
             state.dispatcher = Dispatcher.for_settings(state.settings)
         dispatcher: Dispatcher = state.dispatcher
         return dispatcher

@@ -6,6 +6,7 @@ in (CXRTRIAGE_WEB_TLS_PROXY, checked when the settings load)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from typing import Any
 
@@ -33,6 +34,22 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 256 * 1024
+
+
+def return_freed_images() -> None:
+    """glibc raises its mmap threshold each time a large block is freed; blocks of that size then
+    come from the heap of the thread that asked, and stay there when freed. The review app
+    decodes images of tens of MB in whichever thread-pool thread serves the request, so without
+    a fixed threshold each thread's heap keeps the largest image it ever held (measured: +150 MB
+    after five 3000 x 2500 previews; none with it). Elsewhere than glibc, nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        logger.info("mallopt unavailable: freed image buffers may stay in the heap")
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -40,6 +57,7 @@ def serve(settings: Settings) -> None:
     from cxrtriage.web.app import create_app
 
     upgrade(settings.database_url)
+    return_freed_images()
     app = create_app(settings)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_PlainUvicorn())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError
 
@@ -25,7 +25,9 @@ from cxrtriage.db.trials import TrialAnswer, create_trial, fail_trial, forget_tr
 from cxrtriage.dicom.storage import write_durably
 from cxrtriage.web.errors import Problem
 from cxrtriage.web.imaging import data_uri, is_dicom, upload_view
-from cxrtriage.worker.dispatch import Dispatcher
+
+if TYPE_CHECKING:  # Celery loads when the first upload is queued, not with the app
+    from cxrtriage.worker.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 KEEP_TRIALS = timedelta(days=1)  # answers are forgotten after this (with any upload never read)

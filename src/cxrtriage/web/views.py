@@ -6,7 +6,7 @@ patient details were recorded when the study arrived)."""
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from cxrtriage.db.accounts import close_windows
 from cxrtriage.db.feedback import study_feedback
 from cxrtriage.db.monitoring import model_stats, version_reads
+from cxrtriage.db.reading_room import neighbours, new_flagged_since
 from cxrtriage.db.review import (
     VERDICTS,
     WorklistFilter,
@@ -30,6 +31,8 @@ from cxrtriage.web.errors import FilterError
 logger = logging.getLogger(__name__)
 STATES = ("", "in_progress", "done", "skipped", "failed", "received", "queued", "processing")
 AUDIT_PAGE = 200
+CONTEXT = ("flagged", "reviewed", "state", "since", "until", "model_version", "per_page")
+UPDATE_SECONDS = 5  # how often the worklist page asks whether new flagged studies came in
 
 
 def _flag(value: str | None, name: str) -> bool | None:
@@ -71,14 +74,30 @@ def parse_filter(params: dict[str, str]) -> WorklistFilter:
                           model_version=params.get("model_version", "") or "", page=page, per_page=per_page)
 
 
+def worklist_context(params: dict[str, str]) -> str:
+    """The worklist's filters as a query string, carried from the worklist to each study page and
+    from study to study, so next and previous follow the list the reader was working through."""
+    return urlencode({k: params[k] for k in CONTEXT if params.get(k)})
+
+
+def _study_url(study_uid: str, context: str) -> str:
+    return f"/studies/{quote(study_uid)}" + (f"?{context}" if context else "")
+
+
 def worklist_view(session: Session, user_id: int, params: dict[str, str],
                   escalate_after: timedelta) -> dict[str, Any]:
-    """The page; /api/worklist answers its `items`, with `total` in X-Total-Count."""
+    """The page; /api/worklist answers its `items`, with `total` in X-Total-Count. Each item's
+    `url` is its study page in this list's context; `loaded_at` is where the page's count of new
+    flagged studies starts (/api/worklist/updates)."""
     f = parse_filter(params)
-    items, total = worklist(session, user_id, f, escalate_after)
+    loaded_at = datetime.now(UTC)
+    found, total = worklist(session, user_id, f, escalate_after)
+    context = worklist_context(params)
+    items = [{**item, "url": _study_url(item["study_uid"], context)} for item in found]
     pages = max(1, -(-total // f.per_page))
     query = {k: v for k, v in params.items() if v and k != "page"}
     return {"items": items, "total": total, "page": f.page, "pages": pages, "per_page": f.per_page,
+            "loaded_at": iso(loaded_at), "update_seconds": UPDATE_SECONDS,
             "filters": {k: params.get(k, "") for k in ("flagged", "reviewed", "state", "since", "until",
                                                        "model_version")},
             "model_versions": model_version_names(session), "states": STATES,
@@ -87,10 +106,44 @@ def worklist_view(session: Session, user_id: int, params: dict[str, str],
             "next_url": f"?{urlencode({**query, 'page': f.page + 1})}" if f.page < pages else None}
 
 
-def study_view(session: Session, study_uid: str, username: str,
-               viewer_template: str) -> dict[str, Any] | None:
-    """One study: details, result, images (true-geometry image URLs, and the heat map the worker
-    stored for the current result), the current SR and the verdicts. None for an unknown study."""
+def worklist_updates(session: Session, since: str) -> dict[str, Any]:
+    """How many flagged studies got their result after `since` (the worklist page's `loaded_at`)."""
+    try:
+        start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise FilterError(f"since must be an ISO 8601 time, got {since[:40]!r}") from exc
+    start = start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+    return {"since": iso(start), "checked_at": iso(datetime.now(UTC)),
+            "new_flagged": new_flagged_since(session, start)}
+
+
+def reading_view(session: Session, study_uid: str, params: dict[str, str],
+                 escalate_after: timedelta) -> dict[str, Any]:
+    """The study's place in the worklist the reader came from (its filters in `params`): the
+    previous and next study pages, the position and the way back to the worklist's page."""
+    f = parse_filter(params)
+    near = neighbours(session, study_uid, f, escalate_after)
+    context = worklist_context(params)
+    position, total = (near.position, near.total) if near else (None, 0)
+    back = {k: params[k] for k in CONTEXT if params.get(k)}
+    if position:
+        back["page"] = str((position - 1) // f.per_page + 1)
+    return {
+        "context": context, "position": position, "total": total,
+        "previous_uid": near.previous if near else None, "next_uid": near.next if near else None,
+        "previous_url": _study_url(near.previous, context) if near and near.previous else None,
+        "next_url": _study_url(near.next, context) if near and near.next else None,
+        "worklist_url": "/" + (f"?{urlencode(back)}" if back else ""),
+    }
+
+
+def study_view(session: Session, study_uid: str, username: str, viewer_template: str,
+               params: dict[str, str] | None = None,
+               escalate_after: timedelta = timedelta(hours=2)) -> dict[str, Any] | None:
+    """One study: details, result, images (true-geometry image URLs, the heat map the worker
+    stored for the current result, the viewer's metadata and pixel URLs), the current SR, the
+    verdicts, and its place in the worklist the reader came from (`reading`, from the worklist's
+    filters in `params`). None for an unknown study."""
     study = find_study(session, study_uid)
     if study is None:
         return None
@@ -99,9 +152,12 @@ def study_view(session: Session, study_uid: str, username: str,
     images = []
     for image in study_images(session, study):
         has_heatmap = image.pop("has_heatmap")
-        url = f"{base}/{quote(image['sop_instance_uid'])}"
+        sop = quote(image["sop_instance_uid"])
+        url = f"{base}/{sop}"
         images.append({**image, "image_url": f"{url}.png", "full_image_url": f"{url}.png?size=full",
-                       "heatmap_url": f"{url}/heatmap.png" if has_heatmap else None})
+                       "heatmap_url": f"{url}/heatmap.png" if has_heatmap else None,
+                       "display_url": f"/api/studies/{quote(study_uid)}/images/{sop}",
+                       "pixels_url": f"/api/studies/{quote(study_uid)}/images/{sop}/pixels"})
     feedback = study_feedback(session, study.id, study.model_version_id)
     mine = next((f for f in feedback if f["username"] == username), None)
     return {
@@ -117,6 +173,7 @@ def study_view(session: Session, study_uid: str, username: str,
         "has_result": study.has_result,
         "feedback": feedback, "my_verdict": mine["verdict"] if mine else None,
         "my_comment": mine["comment"] if mine else "", "verdicts": VERDICTS,
+        "reading": reading_view(session, study_uid, params or {}, escalate_after),
     }
 
 

@@ -58,10 +58,18 @@ def worklist_api(request: Request, user: Principal = Depends(require_user),  # n
     return JSONResponse(data["items"], headers={"X-Total-Count": str(data["total"])})
 
 
+@router.get("/api/worklist/updates")
+def worklist_updates(since: str, session: Session = Depends(get_session)) -> Response:  # noqa: B008
+    """What the worklist page polls: how many flagged studies got their result since it loaded."""
+    return JSONResponse(views.worklist_updates(session, since))
+
+
 def _study(request: Request, study_uid: str, user: Principal, session: Session,
            settings: Settings) -> dict[str, Any]:
-    """The study's data object; viewing it is audited."""
-    data = views.study_view(session, study_uid, user.username, settings.web_viewer_url)
+    """The study's data object, with its neighbours in the worklist whose filters the query
+    string carries; viewing it is audited."""
+    data = views.study_view(session, study_uid, user.username, settings.web_viewer_url,
+                            dict(request.query_params), timedelta(minutes=settings.web_escalation_minutes))
     if data is None:
         raise unknown_study()
     audit(session, "study_view", user.username, study_uid, client_of(request))

@@ -1,9 +1,12 @@
-// The heatmap toggle: shows or hides every heat map overlay on the page.
+// The heatmap toggle and opacity: show or hide every heat map overlay on the page (the study
+// page's viewer, static/viewer.js, draws its own with the same controls).
 function applyToggle() {
   var toggle = document.getElementById("heatmap-toggle");
   if (!toggle) { return; }
+  var opacity = document.getElementById("heatmap-opacity");
   document.querySelectorAll("img.heatmap").forEach(function (img) {
     img.style.visibility = toggle.checked ? "visible" : "hidden";
+    img.style.opacity = opacity ? String(Number(opacity.value) / 100) : "";
   });
 }
 
@@ -85,6 +88,8 @@ document.addEventListener("DOMContentLoaded", function () {
     toggle.addEventListener("change", applyToggle);
     applyToggle();
   }
+  var opacity = document.getElementById("heatmap-opacity");
+  if (opacity) { opacity.addEventListener("input", applyToggle); }
   var box = document.getElementById("try-answer");
   if (box) { waitForAnswer(box); }
 });
