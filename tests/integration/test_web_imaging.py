@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from cxrtriage.dicom.geometry import trim_box
+from cxrtriage.dicom.heatmap_map import build_heatmap_segmentation, map_to_source
 from cxrtriage.dicom.heatmap_writer import build_heatmap
 from cxrtriage.dicom.preprocess import dataset_to_gray
 from cxrtriage.dicom.sr_header import clean_header
@@ -95,3 +97,30 @@ def test_the_stored_heat_map_lies_over_the_trimmed_picture(tmp_path: Path) -> No
     expected = (BAND + (spot[0] + 0.5) / SQUARE * 224, (spot[1] + 0.5) / SQUARE * 448)
     assert abs(peak[0] - expected[0]) <= 4 and abs(peak[1] - expected[1]) <= 8, (peak, expected)
     assert stored.shape == (304, 224)
+
+
+def test_the_map_as_data_lies_where_the_picture_of_it_does(tmp_path: Path) -> None:
+    """The worker's fractional Segmentation (the map on the image's own grid, no colours to read
+    back) is shown at the same place as the Secondary Capture's, nothing over the padding."""
+    path, _ = _padded_image(tmp_path, [0.1, 0.2])
+    ds = pydicom.dcmread(path)
+    gray = dataset_to_gray(ds)
+    square = fit_to_square(gray, SQUARE)
+    rows, columns = np.mgrid[0:SQUARE, 0:SQUARE]
+    spot = (16, 48)
+    cam = np.exp(-((rows - spot[0]) ** 2 + (columns - spot[1]) ** 2) / (2 * 3.0**2)).astype(np.float32)
+    picture = build_heatmap(clean_header(ds), overlay(square, cam), MODEL, 1)
+    picture_path = tmp_path / "heatmap.dcm"
+    picture.save_as(picture_path, enforce_file_format=True)
+    seg = build_heatmap_segmentation(clean_header(ds), ds, map_to_source(cam, trim_box(gray)), MODEL,
+                                     "PNEUMONIA", 1)
+    seg_path = tmp_path / "heatmap-seg.dcm"
+    seg.save_as(seg_path, enforce_file_format=True)
+
+    from_picture = _png(render_heatmap(str(picture_path), str(path)))[..., 3]
+    from_data = _png(render_heatmap(None, str(path), map_path=str(seg_path)))[..., 3]
+    assert from_data.shape == from_picture.shape == (304, 448)
+    assert from_data[:BAND].max() == 0 and from_data[BAND + 224:].max() == 0
+    peak = np.unravel_index(np.argmax(from_data), from_data.shape)
+    expected = np.unravel_index(np.argmax(from_picture), from_picture.shape)
+    assert abs(peak[0] - expected[0]) <= 2 and abs(peak[1] - expected[1]) <= 4, (peak, expected)

@@ -22,7 +22,7 @@ from cxrtriage.db.models import (
     as_utc,
 )
 from cxrtriage.db.review import DETAIL_FIELDS, iso
-from cxrtriage.domain import SR_KINDS, ExportKind
+from cxrtriage.domain import HEATMAP_KINDS, SR_KINDS, ExportKind
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,14 @@ class VersionRecord:
 
 @dataclass(frozen=True)
 class ImageFiles:
-    """One stored image of a study: its file (and the digest it was indexed with) and the heat map
-    the worker stored for the study's current result, if any."""
+    """One stored image of a study: its file (and the digest it was indexed with) and the heat
+    maps the worker stored for the study's current result, if any: the picture (Secondary
+    Capture) and the map as data (fractional Segmentation, on the image's own grid)."""
 
     path: str
     sha256: str
     heatmap_path: str | None
+    heatmap_map_path: str | None = None
 
 
 def _record(study: Study) -> StudyRecord:
@@ -103,7 +105,7 @@ def study_images(session: Session, study: StudyRecord) -> list[dict[str, Any]]:
         .join(Series, Series.id == Instance.series_id)
         .outerjoin(InferenceResult, and_(InferenceResult.instance_id == Instance.id,
                                          InferenceResult.model_version_id == study.model_version_id))
-        .outerjoin(heat, and_(heat.source_instance_id == Instance.id, heat.kind == ExportKind.HEATMAP,
+        .outerjoin(heat, and_(heat.source_instance_id == Instance.id, heat.kind.in_(HEATMAP_KINDS),
                               heat.model_version_id == study.model_version_id))
         .where(Instance.study_id == study.id).order_by(Instance.id)).all()
     images: dict[str, dict[str, Any]] = {}
@@ -125,18 +127,20 @@ def study_images(session: Session, study: StudyRecord) -> list[dict[str, Any]]:
 
 def image_files(session: Session, study_uid: str, sop_uid: str) -> ImageFiles | None:
     """The files behind one image of the study; None when the study has no such image."""
-    heat = _heatmap()
     row = session.execute(
-        select(Instance.path, Instance.sha256, heat.path)
+        select(Instance.id, Instance.path, Instance.sha256, Study.model_version_id)
         .join(Study, Study.id == Instance.study_id)
-        .outerjoin(heat, and_(heat.source_instance_id == Instance.id, heat.kind == ExportKind.HEATMAP,
-                              heat.model_version_id == Study.model_version_id))
-        .where(Study.study_uid == study_uid, Instance.sop_instance_uid == sop_uid)
-        .order_by(heat.id.desc()).limit(1)).first()
+        .where(Study.study_uid == study_uid, Instance.sop_instance_uid == sop_uid)).first()
     if row is None:
         return None
-    path, sha256, heatmap_path = row
-    return ImageFiles(str(path), str(sha256 or ""), str(heatmap_path) if heatmap_path else None)
+    instance_id, path, sha256, model_version_id = row
+    latest = {kind: heat_path for kind, heat_path in session.execute(
+        select(SrExport.kind, SrExport.path)
+        .where(SrExport.source_instance_id == instance_id, SrExport.kind.in_(HEATMAP_KINDS),
+               SrExport.model_version_id == model_version_id)
+        .order_by(SrExport.id))}  # the latest of each kind last, so it wins
+    return ImageFiles(str(path), str(sha256 or ""), latest.get(ExportKind.HEATMAP),
+                      latest.get(ExportKind.HEATMAP_SEG))
 
 
 def current_sr(session: Session, study_id: int) -> dict[str, Any] | None:

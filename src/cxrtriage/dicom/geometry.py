@@ -19,6 +19,9 @@ PADDING_TOLERANCE = 1 / 32  # a line is padding when every pixel is this close t
 MIN_PADDING_FRACTION = 0.01  # per side, and at least 2 lines: a stray uniform edge line is kept
 MAX_PADDING_FRACTION = 1 / 3  # per side: a longer uniform run is content (or a blank image), kept
 MAX_PIXEL_ASPECT = 4.0  # a row/column spacing ratio beyond this is taken as a header error
+# The heat map as data (dicom/heatmap_map.py, a fractional Segmentation on the image's own grid):
+# stored value 255 is activation 1.0. Here so that the review app can read one without highdicom.
+MAX_FRACTIONAL_VALUE = 255
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,12 @@ from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from cxrtriage.dicom.geometry import TrimBox
+from cxrtriage.dicom.geometry import MAX_FRACTIONAL_VALUE, TrimBox
 from cxrtriage.dicom.sr_writer import SCHEME
 from cxrtriage.dicom.uids import derive_uid
 from cxrtriage.domain import ModelInfo
 
 SERIES_NUMBER = 9904  # the SR is 9901, the heat map Secondary Capture 9902, an assessment SR 9903
-MAX_FRACTIONAL_VALUE = 255  # stored value 255 is activation 1.0
 CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
 PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
 DISPLAY_RED = hd.color.CIELabColor(53.24, 80.09, 67.2)  # sRGB (255, 0, 0), as the picture's red

@@ -28,7 +28,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from cxrtriage.dicom.geometry import TrimBox, display_size, pixel_aspect, trim_box
+from cxrtriage.dicom.geometry import MAX_FRACTIONAL_VALUE, TrimBox, display_size, pixel_aspect, trim_box
 from cxrtriage.dicom.reading import read_upload_header
 from cxrtriage.dicom.sandbox import Decoded, DecodeLimits, DecoderPool
 from cxrtriage.domain import Reason
@@ -187,11 +187,33 @@ def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sh
     return heat_overlay(cam_from_overlay(rgb), view.box, view.height, view.width)
 
 
-def render_heatmap(heatmap_path: str, image_path: str, sha256: str = "",
-                   size: int | None = DISPLAY_SIZE) -> bytes:
-    """The worker's stored heat map (a Secondary Capture of the overlay in the model's square)
-    as a transparent PNG in register with `render_instance` of the same image and size."""
-    heat, image = _existing(heatmap_path, "heatmap"), _existing(image_path, "image")
+@lru_cache(maxsize=32)
+def _stored_map(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
+                longest: int | None) -> bytes:
+    view = _stored_view(image, _mtime, sha256, longest)
+    decoded, reason, message = _decoder().decode_values(heatmap)
+    if decoded is None:
+        raise InvalidInputError(message or "the stored heat map cannot be decoded", Reason(reason))
+    # The fractional values (0..MAX_FRACTIONAL_VALUE) on the image's own grid, as the worker wrote
+    # them: the whole image is the box, nothing is read back from colours.
+    cam = (decoded.values.astype(np.float32) + decoded.offset) / MAX_FRACTIONAL_VALUE
+    rows, columns = cam.shape
+    return heat_overlay(cam, TrimBox(rows, columns, 0, rows, 0, columns), view.height, view.width)
+
+
+def render_heatmap(heatmap_path: str | None, image_path: str, sha256: str = "",
+                   size: int | None = DISPLAY_SIZE, map_path: str | None = None) -> bytes:
+    """The worker's stored heat map as a transparent PNG in register with `render_instance` of
+    the same image and size: from the map as data (`map_path`, the fractional Segmentation on the
+    image's grid) when the worker wrote one, else from the Secondary Capture of the overlay in
+    the model's square."""
+    image = _existing(image_path, "image")
+    if map_path is not None:
+        heat = _existing(map_path, "heatmap")
+        return _stored_map(str(heat), heat.stat().st_mtime, str(image), image.stat().st_mtime, sha256, size)
+    if heatmap_path is None:
+        raise InvalidInputError("no stored heat map", Reason.UNREADABLE_FILE)
+    heat = _existing(heatmap_path, "heatmap")
     return _stored_heat(str(heat), heat.stat().st_mtime, str(image), image.stat().st_mtime, sha256, size)
 
 

@@ -49,10 +49,10 @@ def heatmap_png(study_uid: str, sop_uid: str, size: Size = "preview",
                 session: Session = Depends(get_session)) -> Response:  # noqa: B008
     files = _files(session, study_uid, sop_uid)
     session.close()
-    if files.heatmap_path is None:
+    if files.heatmap_path is None and files.heatmap_map_path is None:
         raise NotFound("the worker stored no heat map of this image for the current result")
-    return Response(render_heatmap(files.heatmap_path, files.path, files.sha256, _longest(size)),
-                    media_type="image/png")
+    return Response(render_heatmap(files.heatmap_path, files.path, files.sha256, _longest(size),
+                                   map_path=files.heatmap_map_path), media_type="image/png")
 
 
 def pixels_url(study_uid: str, sop_uid: str) -> str:
