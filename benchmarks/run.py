@@ -201,6 +201,8 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
                     report.ratio(key.replace("_images_per_s", "_to_reference_ratio"), value, numbers[ref])
             report.ratio("floor_to_model_b1_ratio", figures.get("floor"),
                          numbers["model_inference_b1_images_per_s"])
+            report.ratio("floor_to_model_b16_ratio", figures.get("floor"),
+                         numbers["model_inference_b16_images_per_s"])
             if "reprocess" in figures:
                 report.ratio("reprocess_to_model_b64_ratio", figures["reprocess"],
                              numbers["model_inference_b64_images_per_s"])
