@@ -9,7 +9,8 @@ torch so that the receiver never loads it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -22,6 +23,7 @@ from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError, LimitExceededError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PIXELS = 16384 * 16384
 # Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames: what decoding all frames
@@ -170,9 +172,15 @@ def dataset_to_gray(ds: Dataset, max_decoded_bytes: int = MAX_DECODED_BYTES) -> 
 
     Peak memory is the stored frame plus about two float32 copies of it: everything after the
     decode works in place."""
+    return _checked(_dataset_to_gray, ds, max_decoded_bytes)
+
+
+def _checked(convert: Callable[[Dataset], T], ds: Dataset, max_decoded_bytes: int) -> T:
+    """`convert(ds)` after the pixel contract, with any inconsistency in the pixel attributes
+    (or the decoder's memory limit) as an InvalidInputError, never a crash."""
     try:
         check_pixel_contract(ds, max_decoded_bytes)
-        return _dataset_to_gray(ds)
+        return convert(ds)
     except InvalidInputError:
         raise
     except MemoryError as exc:  # a decoder under its memory limit (dicom/sandbox.py)
@@ -229,17 +237,7 @@ def modality_values(ds: Dataset,
     half the bytes of float32, exact. Otherwise float32 values (offset 0), padding as NaN.
     Returns (values, offset, whether any pixel is padding). The same checks and limits as
     `dataset_to_gray` run first."""
-    try:
-        check_pixel_contract(ds, max_decoded_bytes)
-        return _modality_values(ds)
-    except InvalidInputError:
-        raise
-    except MemoryError as exc:  # a decoder under its memory limit (dicom/sandbox.py)
-        raise InvalidInputError("decoding exceeded the decoder's memory limit",
-                                Reason.UNDECODABLE_PIXELS) from exc
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
-            NotImplementedError, RuntimeError) as exc:
-        raise InvalidInputError(f"pixel attributes are inconsistent: {type(exc).__name__}") from exc
+    return _checked(_modality_values, ds, max_decoded_bytes)
 
 
 def _modality_values(ds: Dataset) -> tuple[np.ndarray, float, bool]:

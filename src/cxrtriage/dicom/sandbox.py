@@ -35,7 +35,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from cxrtriage.dicom.decode_child import HEADER, MAX_HEADER_BYTES
 from cxrtriage.dicom.display import checked_display
 from cxrtriage.dicom.preprocess import MAX_DECODED_BYTES, MAX_PIXELS
 from cxrtriage.domain import Reason
+from cxrtriage.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 Decoded = tuple[np.ndarray | None, str, str]  # image, or the coded reason and message it has none
@@ -75,6 +76,15 @@ class ModalityImage:
 
 
 ValuesDecoded = tuple[ModalityImage | None, str, str]
+_Answered = TypeVar("_Answered", np.ndarray, ModalityImage)
+
+
+def answer_or_raise(decoded: tuple[_Answered | None, str, str]) -> _Answered:
+    """What the child answered, or the file's own coded reason as an InvalidInputError."""
+    answer, reason, message = decoded
+    if answer is None:
+        raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
+    return answer
 _Answer = tuple[np.ndarray | ModalityImage | None, str, str]
 
 

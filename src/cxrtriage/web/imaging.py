@@ -30,7 +30,7 @@ from PIL import Image
 
 from cxrtriage.dicom.geometry import MAX_FRACTIONAL_VALUE, TrimBox, display_size, pixel_aspect, trim_box
 from cxrtriage.dicom.reading import read_upload_header
-from cxrtriage.dicom.sandbox import Decoded, DecodeLimits, DecoderPool
+from cxrtriage.dicom.sandbox import DecodeLimits, DecoderPool, answer_or_raise
 from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
 
@@ -68,14 +68,6 @@ def _decoder() -> DecoderPool:
 def decoder() -> DecoderPool:
     """The app's decoder children (web/pixel_values.py asks them for modality values)."""
     return _decoder()
-
-
-def _image(decoded: Decoded) -> np.ndarray:
-    """The decoded pixels, or the file's own reason as an InvalidInputError."""
-    pixels, reason, message = decoded
-    if pixels is None:
-        raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
-    return pixels
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -130,7 +122,7 @@ def stored_aspect(path: str) -> float:
 
 @lru_cache(maxsize=32)
 def _stored_view(path: str, _mtime: float, sha256: str, longest: int | None) -> View:
-    gray = _image(_decoder().decode(path, sha256))
+    gray = answer_or_raise(_decoder().decode(path, sha256))
     return gray_view(gray, stored_aspect(path), longest)
 
 
@@ -183,7 +175,7 @@ def heat_overlay(cam: np.ndarray, box: TrimBox, height: int, width: int) -> byte
 def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
                  longest: int | None) -> bytes:
     view = _stored_view(image, _mtime, sha256, longest)
-    rgb = _image(_decoder().decode(heatmap, mode="rgb8"))  # the child checks it is 8-bit RGB
+    rgb = answer_or_raise(_decoder().decode(heatmap, mode="rgb8"))  # the child checks it is 8-bit RGB
     return heat_overlay(cam_from_overlay(rgb), view.box, view.height, view.width)
 
 
@@ -191,9 +183,7 @@ def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sh
 def _stored_map(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
                 longest: int | None) -> bytes:
     view = _stored_view(image, _mtime, sha256, longest)
-    decoded, reason, message = _decoder().decode_values(heatmap)
-    if decoded is None:
-        raise InvalidInputError(message or "the stored heat map cannot be decoded", Reason(reason))
+    decoded = answer_or_raise(_decoder().decode_values(heatmap))
     # The fractional values (0..MAX_FRACTIONAL_VALUE) on the image's own grid, as the worker wrote
     # them: the whole image is the box, nothing is read back from colours.
     cam = (decoded.values.astype(np.float32) + decoded.offset) / MAX_FRACTIONAL_VALUE
@@ -227,8 +217,8 @@ def upload_view(data: bytes, dicom: bool, longest: int = TRY_SIZE) -> View:
     pool = _decoder()
     if dicom:
         header = read_upload_header(data, pool.limits.max_decoded_bytes)  # spacing only; bounded
-        return gray_view(_image(pool.submit_data(data).result()), pixel_aspect(header), longest)
-    return gray_view(_image(pool.submit_data(data, mode="picture").result()), 1.0, longest)
+        return gray_view(answer_or_raise(pool.submit_data(data).result()), pixel_aspect(header), longest)
+    return gray_view(answer_or_raise(pool.submit_data(data, mode="picture").result()), 1.0, longest)
 
 
 def trial_overlay(cam_png: bytes, box: dict[str, int], aspect: float, longest: int = TRY_SIZE) -> bytes:

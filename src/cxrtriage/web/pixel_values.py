@@ -42,9 +42,7 @@ import numpy as np
 
 from cxrtriage.dicom.geometry import pixel_aspect
 from cxrtriage.dicom.preprocess import PADDING_CODE
-from cxrtriage.dicom.sandbox import ModalityImage
-from cxrtriage.domain import Reason
-from cxrtriage.errors import InvalidInputError
+from cxrtriage.dicom.sandbox import ModalityImage, answer_or_raise
 from cxrtriage.web.imaging import decoder, existing_file
 
 logger = logging.getLogger(__name__)
@@ -102,9 +100,7 @@ def _value_range(image: ModalityImage) -> dict[str, float]:
 
 
 def _values(path: str, sha256: str) -> PixelValues:
-    image, reason, message = decoder().decode_values(path, sha256)
-    if image is None:
-        raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
+    image = answer_or_raise(decoder().decode_values(path, sha256))
     values = image.values.astype(image.values.dtype.newbyteorder("<"), copy=False)
     rows, columns = (int(n) for n in values.shape)
     body = memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from PIL import Image
 from cxrtriage.db.trials import PENDING, fail_trial, finish_trial, trial_job
 from cxrtriage.dicom.geometry import pixel_aspect, trim_box
 from cxrtriage.dicom.reading import read_upload_header
-from cxrtriage.dicom.sandbox import Decoded, DecoderPool
+from cxrtriage.dicom.sandbox import DecoderPool, answer_or_raise
 from cxrtriage.domain import Reason
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.examine import gate, note
@@ -75,9 +75,9 @@ def answer(classifier: Classifier, pool: DecoderPool, kind: str, data: bytes) ->
         header = read_upload_header(data, pool.limits.max_decoded_bytes)
         remark = note(gate(header, classifier.manifest))  # the worker's gate, age warning included
         aspect = pixel_aspect(header)
-        gray = _pixels(pool.submit_data(data).result())
+        gray = answer_or_raise(pool.submit_data(data).result())
     else:
-        gray = _pixels(pool.submit_data(data, mode="picture").result())
+        gray = answer_or_raise(pool.submit_data(data, mode="picture").result())
     image = fit_to_square(gray, classifier.input_size)
     predictions, cams = classifier.predict_with_heatmaps(["trial"], image[np.newaxis])
     prediction, manifest = predictions[0], classifier.manifest
@@ -87,13 +87,6 @@ def answer(classifier: Classifier, pool: DecoderPool, kind: str, data: bytes) ->
               "probabilities": prediction.probabilities, "note": remark,
               "box": trim_box(gray).as_dict(), "aspect": aspect}
     return result, cam_png(cams[0])
-
-
-def _pixels(decoded: Decoded) -> np.ndarray:
-    pixels, reason, message = decoded
-    if pixels is None:
-        raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
-    return pixels
 
 
 def cam_png(cam: np.ndarray) -> bytes:
