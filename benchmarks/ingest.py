@@ -5,7 +5,8 @@ parallel ones (four storescu processes at once, on disjoint quarters of a second
 Each round sends instances the server has not seen, and afterwards every instance is counted as
 stored (files on disk for storescp and the receiver, /statistics for Orthanc). The receiver runs
 alone (`cxrtriage receiver --no-scheduler`); it fsyncs each file and commits its index row before
-it answers.
+it answers. It runs on the embedded SQLite file, and again on PostgreSQL (one process and a group
+of two), since production indexes into PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 from tests.peers import echoscu
-from tests.servers import LOOPBACK, Orthanc, Proc, binary, free_port, port_open, wait_for
+from tests.servers import LOOPBACK, Orthanc, Proc, binary, free_port, port_open, start_postgres, wait_for
 
 from benchmarks.corpus import all_paths, make_studies
 from benchmarks.pipeline import cli_env
@@ -101,12 +102,15 @@ def orthanc(work: Path, one: list[Path], four: list[Path]) -> Rates:
         pacs.proc.stop()
 
 
-def receiver(work: Path, one: list[Path], four: list[Path], processes: int = 1) -> Rates:
-    """`processes` receivers sharing the port (a group, SO_REUSEPORT); peak RSS is the sum."""
+def receiver(work: Path, one: list[Path], four: list[Path], processes: int = 1,
+             database_url: str | None = None) -> Rates:
+    """`processes` receivers sharing the port (a group, SO_REUSEPORT); peak RSS is the sum.
+    `database_url`: an empty database to index into (default: the embedded SQLite file)."""
     port = free_port()
     folder = work / "rx"
     folder.mkdir(parents=True)
-    env = cli_env({"CXRTRIAGE_PORT": str(port)})
+    env = cli_env({"CXRTRIAGE_PORT": str(port),
+                   **({"CXRTRIAGE_DATABASE_URL": database_url} if database_url else {})})
     command = [sys.executable, "-m", "cxrtriage.cli"]
     subprocess.run([*command, "db", "upgrade"], cwd=folder, env={**os.environ, **env}, check=True,
                    stdout=subprocess.DEVNULL)  # once, before the group starts
@@ -123,6 +127,20 @@ def receiver(work: Path, one: list[Path], four: list[Path], processes: int = 1) 
     finally:
         for proc in procs:
             proc.stop()
+
+
+def postgres_databases(log_dir: Path, names: list[str]) -> tuple[Proc, dict[str, str]]:
+    """A PostgreSQL server on a free loopback port, with one empty database per name (each round
+    indexes into its own, since every round sends the same instances)."""
+    import psycopg
+
+    proc, url = start_postgres(log_dir)
+    base, _ = url.rsplit("/", 1)
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        for name in names:
+            connection.execute(f"CREATE DATABASE {name}")
+    return proc, {name: f"{base}/{name}" for name in names}
 
 
 def durable_floor(work: Path, files: list[Path]) -> float:

@@ -21,7 +21,7 @@ from tests.peers import echoscu, storescu
 from tests.servers import Orthanc, Proc, free_port, wait_for
 
 from benchmarks.corpus import Study
-from benchmarks.report import GpuSampler, tree_cpu_seconds, tree_peak_rss
+from benchmarks.report import GpuSampler, cpu_seconds, tree_cpu_by_role, tree_peak_rss
 
 FINISHED = {"done", "skipped", "failed"}
 
@@ -54,6 +54,11 @@ class Service:
         self.serve = Proc("serve", [sys.executable, "-m", "cxrtriage.cli", "serve"], self.work,
                           cwd=svc, env=self.env)
         wait_for(lambda: echoscu(self.port), 180, "cxrtriage receiver", interval=0.5)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of each process under `serve` (by role), and of Orthanc."""
+        orthanc = cpu_seconds(self.orthanc.proc.proc.pid) or 0.0
+        return {**tree_cpu_by_role(self.serve.proc.pid), "orthanc": orthanc}
 
     def stop(self) -> None:
         self.serve.stop()
@@ -101,6 +106,7 @@ class Throughput:
     images: int
     seconds: float
     cpu_seconds: float  # of every process under `serve` (not Orthanc), first push to last SR
+    cpu_by_process: dict[str, float]  # the same by process role, and Orthanc's as `orthanc`
     duplicate_srs: int
     heatmaps: int
     states: dict[str, int]
@@ -126,7 +132,7 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
     ids = upload(orthanc, studies)
     before = orthanc.get("/statistics")["CountInstances"]  # type: ignore[index]
     wanted = set(ids)
-    cpu_before = tree_cpu_seconds(service.serve.proc.pid)
+    cpu_before = service.cpu_by_process()
     start = time.perf_counter()
     for orthanc_id in ids:
         orthanc.post("/modalities/cxrtriage/store", {"Resources": [orthanc_id], "Asynchronous": True})
@@ -136,7 +142,9 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
 
     wait_for(all_reported, timeout, "an SR at Orthanc for every pushed study", interval=0.1)
     seconds = time.perf_counter() - start
-    cpu_seconds = tree_cpu_seconds(service.serve.proc.pid) - cpu_before
+    cpu_after = service.cpu_by_process()
+    by_process = {name: used - cpu_before.get(name, 0.0) for name, used in cpu_after.items()}
+    serve_cpu = sum(used for name, used in by_process.items() if name != "orthanc")
     images = sum(len(s.paths) for s in studies)
     time.sleep(2)  # heatmaps may follow their SR; then count what arrived
     counts = service.sr_series()
@@ -148,7 +156,8 @@ def throughput(service: Service, studies: list[Study], timeout: float) -> Throug
         state = states.get(study.uid, "missing")
         tally[state] = tally.get(state, 0) + 1
     heatmaps = int(after) - int(before) - srs
-    return Throughput(len(studies), images, seconds, cpu_seconds, srs - len(wanted), heatmaps, tally)
+    return Throughput(len(studies), images, seconds, serve_cpu, by_process, srs - len(wanted), heatmaps,
+                      tally)
 
 
 def latencies(service: Service, studies: list[Study]) -> list[float]:

@@ -86,16 +86,13 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds used so far by `root` and every live process below it."""
-    total = 0
-    for pid in [root, *descendants(root)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far (None: gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -117,6 +114,8 @@ def cxrtriage_role(pid: int) -> str:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return "gone"
+    if "cxrtriage.dicom.decode_child" in args or any("multiprocessing.spawn" in a for a in args):
+        return "spawned"  # a decoder or preparer child; tree_roles names it after its parent
     if "cxrtriage.cli" in args:
         args = args[args.index("cxrtriage.cli") + 1:]
     elif any(a.endswith("/cxrtriage") for a in args):
@@ -131,24 +130,36 @@ def cxrtriage_role(pid: int) -> str:
     return re.sub(r"[^a-z0-9_]", "_", command.lower())
 
 
-def tree_peak_rss(root: int) -> dict[str, float]:
-    """Peak RSS in MB of `root` and each process below it, keyed by role (`worker`, `worker_2`,
-    `worker_child` for a pool's children ...)."""
-    out: dict[str, float] = {}
+def tree_roles(root: int) -> dict[str, int]:
+    """`root` and each process below it, keyed by role (`worker`, `worker_2`, `worker_child` for a
+    forked pool child, `worker_spawned` for a decoder child ...)."""
+    out: dict[str, int] = {}
     roles: dict[int, str] = {}
     for pid in [root, *descendants(root)]:
         ppid = _ppid(pid)
         role = cxrtriage_role(pid)
         if ppid in roles and role == roles[ppid].split("_child")[0]:
             role = f"{roles[ppid]}_child"  # a pool's forked child has its parent's command line
+        elif ppid in roles and role == "spawned":
+            role = f"{roles[ppid]}_spawned"
         name, n = role, 2
         while name in out:
             name, n = f"{role}_{n}", n + 1
         roles[pid] = role
-        rss = peak_rss_mb(pid)
-        if rss is not None:
-            out[name] = rss
+        out[name] = pid
     return out
+
+
+def tree_peak_rss(root: int) -> dict[str, float]:
+    """Peak RSS in MB of `root` and each process below it, keyed by role (tree_roles)."""
+    peaks = {name: peak_rss_mb(pid) for name, pid in tree_roles(root).items()}
+    return {name: mb for name, mb in peaks.items() if mb is not None}
+
+
+def tree_cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds used so far by `root` and each process below it, keyed by role (tree_roles)."""
+    used = {name: cpu_seconds(pid) for name, pid in tree_roles(root).items()}
+    return {name: seconds for name, seconds in used.items() if seconds is not None}
 
 
 class GpuSampler:

@@ -266,6 +266,8 @@ def _pipeline(report: Report, work: Path, studies: list, latency_n: int, quiet: 
         report.add("pipeline_images_per_s", result.images / result.seconds, 3)
         figures["pipeline_cpu"] = result.cpu_seconds / result.images
         report.add("pipeline_cpu_s_per_image", figures["pipeline_cpu"], 3)
+        for name, used in sorted(result.cpu_by_process.items()):
+            report.add(f"pipeline_cpu_s_per_image_{name}", used / result.images, 3)
         report.add("pipeline_duplicate_srs", result.duplicate_srs)
         report.add("pipeline_heatmaps_at_pacs", result.heatmaps)
         report.add("pipeline_studies_done", result.states.get("done", 0))
@@ -324,6 +326,14 @@ def _ingest(report: Report, work: Path, count: int) -> None:
              "orthanc": ingest.orthanc(work / "ingest-orthanc", one, four),
              "cxrtriage": ingest.receiver(work / "ingest-rx", one, four),
              "cxrtriage_group2": ingest.receiver(work / "ingest-rx2", one, four, processes=2)}
+    postgres, urls = ingest.postgres_databases(work, ["ingest_one", "ingest_group2"])
+    try:
+        rates["cxrtriage_pg"] = ingest.receiver(work / "ingest-rx-pg", one, four,
+                                                database_url=urls["ingest_one"])
+        rates["cxrtriage_group2_pg"] = ingest.receiver(work / "ingest-rx2-pg", one, four, processes=2,
+                                                       database_url=urls["ingest_group2"])
+    finally:
+        postgres.stop()
     floor_rate = ingest.durable_floor(work / "ingest-floor", one + four)
     report.add("ingest_durable_write_floor_files_per_s", floor_rate, 1)
     report.add("ingest_instances_per_round", count)
@@ -331,7 +341,7 @@ def _ingest(report: Report, work: Path, count: int) -> None:
         label = {"one": "1assoc", "four": "4assoc"}[mode]
         for name, r in rates.items():
             report.add(f"ingest_{label}_{name}_instances_per_s", getattr(r, mode), 1)
-        for name in ("cxrtriage", "cxrtriage_group2"):
+        for name in ("cxrtriage", "cxrtriage_group2", "cxrtriage_pg", "cxrtriage_group2_pg"):
             report.ratio(f"ingest_{label}_{name}_to_orthanc_ratio", getattr(rates[name], mode),
                          getattr(rates["orthanc"], mode), 2)
             report.ratio(f"ingest_{label}_{name}_to_storescp_ratio", getattr(rates[name], mode),
@@ -340,6 +350,7 @@ def _ingest(report: Report, work: Path, count: int) -> None:
                          floor_rate, 2)
     report.add("ingest_receiver_peak_rss_mb", rates["cxrtriage"].peak_rss_mb, 0)
     report.add("ingest_receiver_group2_peak_rss_mb", rates["cxrtriage_group2"].peak_rss_mb, 0)
+    report.add("ingest_receiver_group2_pg_peak_rss_mb", rates["cxrtriage_group2_pg"].peak_rss_mb, 0)
     report.add("ingest_orthanc_peak_rss_mb", rates["orthanc"].peak_rss_mb, 0)
 
 

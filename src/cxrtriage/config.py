@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # Receiver processes sharing the port (SO_REUSEPORT) in `serve`; the association and pending
     # connection limits are split among them, so the totals stay what the settings say.
     receiver_processes: int = Field(1, ge=1, le=64)
+    # Study worker processes in `serve`: while one writes its batch's SRs and heat maps (Python,
+    # one core), another decodes and classifies. Each gets an equal share of the cores for torch.
+    worker_processes: int = Field(1, ge=1, le=64)
     association_liveness_seconds: float = Field(300.0, gt=0)  # rows of a dead receiver expire
     min_free_bytes: int = Field(1024**3, ge=0)  # refuse new instances (0xA700) below this
     max_disk_used_percent: float = Field(90.0, gt=0, le=100)  # ... or above this

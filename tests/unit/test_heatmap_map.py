@@ -149,3 +149,29 @@ def test_segmentation_refuses_a_map_off_the_image(activation: np.ndarray, messag
     header = _header(30, 20)
     with pytest.raises(ValueError, match=message):
         build_heatmap_segmentation(header, header, activation, MODEL, "PNEUMONIA", 1)
+
+
+def test_segmentation_skips_only_a_check_already_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map is built without highdicom's sort of every value (its range check, made earlier
+    by build_heatmap_segmentation): the object is the one highdicom's own check would give."""
+    import highdicom as hd
+
+    from cxrtriage.dicom import heatmap_map
+
+    header = _header(30, 20)
+    activation = np.linspace(0, 1, 600, dtype=np.float32).reshape(30, 20)
+    fast = build_heatmap_segmentation(header, header, activation, MODEL, "PNEUMONIA", 1)
+    checks: list[object] = []
+    original = hd.seg.Segmentation._check_and_cast_pixel_array.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type, *args: object, **kwargs: object) -> object:
+        checks.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(heatmap_map, "_ActivationSegmentation", hd.seg.Segmentation)
+    monkeypatch.setattr(hd.seg.Segmentation, "_check_and_cast_pixel_array", classmethod(counted))
+    checked = build_heatmap_segmentation(header, header, activation, MODEL, "PNEUMONIA", 1)
+    assert len(checks) == 1  # highdicom's own check ran on this path, and only here
+    assert fast.PixelData == checked.PixelData
+    assert fast.SegmentsOverlap == checked.SegmentsOverlap == "NO"
+    assert fast.MaximumFractionalValue == checked.MaximumFractionalValue

@@ -181,13 +181,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     def metrics(offset: int) -> list[str]:
         return ["--metrics-port", str(port + offset)] if port else []
 
-    group = settings.receiver_processes
+    group, workers = settings.receiver_processes, settings.worker_processes
     receivers = {f"receiver-{i}" if group > 1 else "receiver":
                  ["receiver", "--group-index", str(i), "--group-size", str(group),
                   *(["--no-scheduler"] if i else []), *metrics(0 if i == 0 else 2 + i)]
                  for i in range(group)}
-    return supervise({**receivers,
-                      "worker": ["worker", "--pool", "solo", "--queues", "studies", *metrics(1)],
+    study_workers = {f"worker-{i}" if workers > 1 else "worker":
+                     ["worker", "--pool", "solo", "--queues", "studies",
+                      *metrics(1 if i == 0 else group + 1 + i)]
+                     for i in range(workers)}
+    if workers > 1:  # torch in each would otherwise start a thread per core (an operator's value wins)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return supervise({**receivers, **study_workers,
                       "exporter": ["worker", "--pool", "threads", "--queues", "exports",
                                    "--concurrency", str(settings.export_concurrency), *metrics(2)],
                       "web": ["web"]})
