@@ -45,13 +45,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from tests.peers import storescu
 from tests.servers import LOOPBACK, free_port, wait_for
 
-from benchmarks import pipeline
-from benchmarks.corpus import Study, make_studies
+from benchmarks import floor, pipeline
+from benchmarks.corpus import Study, all_paths, make_studies
 from benchmarks.report import GpuSampler, Report, percentile
 
 PROCESSED = "cxrtriage_worker_studies_processed_total"
 SEND_CHUNK = 50  # files per storescu run when sending the bulk set
 LIVE_POLL_SECONDS = 0.05  # how often a live study's SR is looked for at Orthanc
+FLOOR_FILES = 120  # bulk files the bulk run's own floor is measured on
 
 
 @dataclass
@@ -67,6 +68,7 @@ class LiveFirst:
     quiet_studies: int = 0  # studies the quiet window counts
     live_window_studies: int = 0  # ... and the live one
     gpu_busy_percent: float | None = None
+    own_floor: float | None = None  # `predict` over bulk files, images/s (the bulk run's own floor)
 
 
 def _consecutive_free_ports(count: int) -> int:
@@ -181,6 +183,9 @@ def measure(work: Path, bulk: int, interval: float, idle: int, quiet: float, gpu
     live_set = make_studies(work / "live-studies", 1 + idle + min(200, max(20, bulk // 2)), seed=22,
                             images_per_study=1, syntaxes=[ExplicitVRLittleEndian], prefix="V")
     warmup, idle_set, live_set = live_set[0], live_set[1:1 + idle], live_set[1 + idle:]
+    # The bulk run's own floor: `predict` over its kind of file (the pipeline's floor mixes
+    # compressed syntaxes, which decode slower), before the service starts.
+    own_floor = floor.measure(all_paths(bulk_set[:FLOOR_FILES])).images_per_s
     metrics = _consecutive_free_ports(3)
     with mock.patch.dict(os.environ, {"CXRTRIAGE_METRICS_PORT": str(metrics)}):
         service = pipeline.Service(work / "service", quiet)  # serve reads the port at start
@@ -192,7 +197,7 @@ def measure(work: Path, bulk: int, interval: float, idle: int, quiet: float, gpu
         wait_for(lambda: processed(worker) >= 1 + bulk, timeout, "the bulk set's first reading", 0.5)
         wait_for(lambda: len(service.sr_series()) >= 1 + bulk, 120, "the bulk set's SRs at Orthanc", 0.5)
         time.sleep(2)  # heat maps follow their SRs
-        result = LiveFirst(bulk, [])
+        result = LiveFirst(bulk, [], own_floor=own_floor)
         for i, study in enumerate(idle_set):
             time.sleep((i * 0.37) % 1.0)
             result.idle_latencies.append(service.send_and_wait(study) - quiet)
@@ -251,7 +256,7 @@ def measure(work: Path, bulk: int, interval: float, idle: int, quiet: float, gpu
         service.stop()
 
 
-def run(report: Report, work: Path, quiet: float, gpu: bool, floor: float | None) -> None:
+def run(report: Report, work: Path, quiet: float, gpu: bool, pipeline_floor: float | None) -> None:
     """The part `live` of benchmarks/run.py: measure, then add the figures to the report."""
     bulk = int(os.environ.get("BENCH_LIVE_BULK", "60"))
     interval = float(os.environ.get("BENCH_LIVE_INTERVAL", "3"))
@@ -268,7 +273,9 @@ def run(report: Report, work: Path, quiet: float, gpu: bool, floor: float | None
     report.add("live_bulk_quiet_studies_per_s", result.quiet_rate, 3)
     report.add("live_bulk_with_live_studies_per_s", result.live_rate, 3)
     report.ratio("live_bulk_with_live_to_quiet_ratio", result.live_rate, result.quiet_rate)
-    report.ratio("live_bulk_to_floor_ratio", result.quiet_rate, floor)  # one image per study
+    report.ratio("live_bulk_to_floor_ratio", result.quiet_rate, pipeline_floor)  # one image per study
+    report.add("live_own_floor_images_per_s", result.own_floor, 2)
+    report.ratio("live_bulk_to_own_floor_ratio", result.quiet_rate, result.own_floor)
     report.add("live_sent_during_bulk", result.live_sent)
     report.add("live_srs_missing", result.live_missing)
     if result.idle_latencies:

@@ -51,7 +51,7 @@ from cxrtriage.dicom.inspection import (
     validate_dataset,
 )
 from cxrtriage.dicom.netguard import ConnectionGuard, PeerLimits
-from cxrtriage.dicom.storage import InstanceStore, Watermark, make_dirs
+from cxrtriage.dicom.storage import InstanceStore, Watermark, make_dirs, sync_file
 from cxrtriage.dicom.tls import DeferredHandshake
 from cxrtriage.dicom.uids import is_valid_uid
 from cxrtriage.domain import RefusedInstance, StoredInstance
@@ -345,6 +345,9 @@ class Receiver:
         request_uid = str(ds.SOPInstanceUID)
         try:
             size, digest = spooled.stat().st_size, _sha256(spooled)
+            # Its data on the disk now, outside the index transaction, which otherwise holds its
+            # locks (SQLite's one writer) through the flush: parallel associations queue there.
+            sync_file(spooled)
             path = self.store.path_for_content(ds.StudyInstanceUID, ds.SeriesInstanceUID, request_uid,
                                                digest)
         except OSError as exc:

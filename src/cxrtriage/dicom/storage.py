@@ -59,14 +59,19 @@ def write_durably(target: Path, chunks: list[bytes]) -> None:
     _fsync_dir(target.parent)
 
 
-def move_durably(source: Path, target: Path) -> None:
-    """Make a file written elsewhere on the same volume durable under `target`, by rename."""
-    make_dirs(target.parent)
-    fd = os.open(source, os.O_RDONLY)
+def sync_file(path: Path) -> None:
+    """Flush a file's data to the disk (the rename that makes it durable comes later)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Make a file written elsewhere on the same volume durable under `target`, by rename."""
+    make_dirs(target.parent)
+    sync_file(source)  # quick when the caller synced it already (nothing left to flush)
     os.chmod(source, FILE_MODE)
     os.replace(source, target)
     _fsync_dir(target.parent)
