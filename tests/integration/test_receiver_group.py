@@ -56,3 +56,19 @@ def test_each_process_of_a_group_has_its_own_identity() -> None:
     settings = Settings(receiver_id="rx")
     assert receiver_identity(settings) == "rx"
     assert [receiver_identity(settings, (i, 3)) for i in range(3)] == ["rx/0", "rx/1", "rx/2"]
+
+
+def test_serve_runs_its_groups_each_on_its_own_metrics_port() -> None:
+    from cxrtriage.cli.serving import serve_children
+
+    children = serve_children(Settings(receiver_processes=3, worker_processes=2, metrics_port=9100))
+    assert list(children) == ["receiver-0", "receiver-1", "receiver-2", "worker-0", "worker-1", "exporter",
+                              "web"]
+    ports = [args[args.index("--metrics-port") + 1] for args in children.values() if "--metrics-port" in args]
+    assert sorted(map(int, ports)) == list(range(9100, 9106))  # one each but the web's, none shared
+    assert [name for name, args in children.items()
+            if args[0] == "receiver" and "--no-scheduler" not in args] == ["receiver-0"]
+    assert [args[-1] for args in (children["receiver-0"], children["worker-0"])] == ["9100", "9101"]
+    plain = serve_children(Settings(metrics_port=0))
+    assert list(plain) == ["receiver", "worker", "exporter", "web"]
+    assert not any("--metrics-port" in args for args in plain.values())

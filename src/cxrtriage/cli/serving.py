@@ -166,17 +166,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from cxrtriage.db.session import upgrade
-    from cxrtriage.models.manifest import read_manifest
-    from cxrtriage.worker.supervisor import supervise
-
-    read_manifest(settings.model)  # refuse to start without a model package
-    upgrade(settings.database_url)
-    print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
-          f"(database {settings.database_url}, model {settings.model})", flush=True)
-    print(f"review app on http://{settings.web_host}:{settings.web_port}/", flush=True)
-    port = settings.metrics_port  # one port per process: receiver, worker, exporter from here up
+def serve_children(settings: Settings) -> dict[str, list[str]]:
+    """The processes `serve` runs, by name, as `cxrtriage` arguments: the receivers (the first
+    with the scheduler), the study workers, the export worker and the review app. Each gets its
+    own metrics port from CXRTRIAGE_METRICS_PORT up: receiver 0, worker 1, exporter 2, then the
+    other receivers, then the other workers."""
+    port = settings.metrics_port
 
     def metrics(offset: int) -> list[str]:
         return ["--metrics-port", str(port + offset)] if port else []
@@ -190,12 +185,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                      ["worker", "--pool", "solo", "--queues", "studies",
                       *metrics(1 if i == 0 else group + 1 + i)]
                      for i in range(workers)}
-    if workers > 1:  # torch in each would otherwise start a thread per core (an operator's value wins)
+    return {**receivers, **study_workers,
+            "exporter": ["worker", "--pool", "threads", "--queues", "exports",
+                         "--concurrency", str(settings.export_concurrency), *metrics(2)],
+            "web": ["web"]}
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from cxrtriage.db.session import upgrade
+    from cxrtriage.models.manifest import read_manifest
+    from cxrtriage.worker.supervisor import supervise
+
+    read_manifest(settings.model)  # refuse to start without a model package
+    upgrade(settings.database_url)
+    print(f"cxrtriage serving {settings.ae_title}@{settings.host}:{settings.port} "
+          f"(database {settings.database_url}, model {settings.model})", flush=True)
+    print(f"review app on http://{settings.web_host}:{settings.web_port}/", flush=True)
+    if (workers := settings.worker_processes) > 1:
+        # torch in each would start a thread per core (an operator's own value wins)
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    return supervise({**receivers, **study_workers,
-                      "exporter": ["worker", "--pool", "threads", "--queues", "exports",
-                                   "--concurrency", str(settings.export_concurrency), *metrics(2)],
-                      "web": ["web"]})
+    return supervise(serve_children(settings))
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
