@@ -191,7 +191,7 @@ def measure(work: Path, bulk: int, interval: float, idle: int, quiet: float, gpu
         service = pipeline.Service(work / "service", quiet)  # serve reads the port at start
     worker = metrics + 1
     timeout = max(300.0, 10.0 * bulk)
-    try:
+    with service:
         service.send_and_wait(warmup)
         _send(service, bulk_set)
         wait_for(lambda: processed(worker) >= 1 + bulk, timeout, "the bulk set's first reading", 0.5)
@@ -248,12 +248,6 @@ def measure(work: Path, bulk: int, interval: float, idle: int, quiet: float, gpu
         result.quiet_rate, result.quiet_studies, result.live_rate, result.live_window_studies = (
             window_rates(finished, batch_ends[0], batch_ends[-1]))
         return result
-    except BaseException:
-        service.serve.dump()
-        service.orthanc.proc.dump()
-        raise
-    finally:
-        service.stop()
 
 
 def run(report: Report, work: Path, quiet: float, gpu: bool, pipeline_floor: float | None) -> None:

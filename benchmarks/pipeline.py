@@ -60,6 +60,16 @@ class Service:
         orthanc = cpu_seconds(self.orthanc.proc.proc.pid) or 0.0
         return {**tree_cpu_by_role(self.serve.proc.pid), "orthanc": orthanc}
 
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        """Stop both; after a failure, print their logs first."""
+        if failed is not None:
+            self.serve.dump()
+            self.orthanc.proc.dump()
+        self.stop()
+
     def stop(self) -> None:
         self.serve.stop()
         self.orthanc.proc.stop()

@@ -251,7 +251,7 @@ def _pipeline(report: Report, work: Path, studies: list, latency_n: int, quiet: 
     warmup, *probe = corpus.make_studies(work / "latency", latency_n + 1, seed=5, images_per_study=1,
                                          syntaxes=[ExplicitVRLittleEndian], prefix="L")
     service = pipeline.Service(work / "pipeline", quiet)
-    try:
+    with service:
         warmup_s = service.send_and_wait(warmup)
         report.note(f"pipeline: cxrtriage serve up; a warm-up study's SR came back in {warmup_s:.1f} s")
         report.note("pipeline: Orthanc pushes each study (asynchronous job) to cxrtriage serve, heatmaps "
@@ -297,12 +297,6 @@ def _pipeline(report: Report, work: Path, studies: list, latency_n: int, quiet: 
             report.add("reprocess_images_per_s", figures["reprocess"], 3)
             if cuda:
                 report.add("reprocess_gpu_busy_percent", again.gpu_busy_percent, 1)
-    except BaseException:
-        service.serve.dump()
-        service.orthanc.proc.dump()
-        raise
-    finally:
-        service.stop()
     report.note(f"latency samples (s): {', '.join(f'{s:.2f}' for s in seconds)}; "
                 f"median {median(seconds):.2f}")
 
