@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     sr_tls: bool = False
     tls_required: bool = True  # production: the receiver refuses to listen without TLS unless false
     receiver_id: str = ""  # owner of this receiver's association rows; default host:port
-    # Receiver processes sharing the port (SO_REUSEPORT) in `serve`; the association and pending
-    # connection limits are split among them, so the totals stay what the settings say.
+    # Receiver processes sharing the port (SO_REUSEPORT) in `serve`; the association and total
+    # pending-connection limits are split among them, so the totals stay what the settings say
+    # (the per-address one is not: cli/serving.py).
     receiver_processes: int = Field(1, ge=1, le=64)
     # Study worker processes in `serve`: while one writes its batch's SRs and heat maps (Python,
     # one core), another decodes and classifies. Each gets an equal share of the cores for torch.
