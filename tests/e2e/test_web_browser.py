@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,19 @@ def browser() -> Any:
     ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@contextmanager
+def screenshot_on_failure(driver: Any, failure: Path) -> Iterator[None]:
+    """Quit the browser when done; after a failure, keep a screenshot of the page first."""
+    try:
+        yield
+    except BaseException:
+        driver.save_screenshot(str(failure))
+        sys.stderr.write(f"\nbrowser screenshot at failure: {failure}\n")
+        raise
+    finally:
+        driver.quit()
 
 
 PIXEL_STATS = """
@@ -140,7 +155,7 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
     )
     base = f"http://{LOOPBACK}:{web_port}"
     wait = WebDriverWait(driver, 30)
-    try:
+    with screenshot_on_failure(driver, tmp_path / "browser-failure.png"):
         driver.get(base + "/")
         assert "/login" in driver.current_url  # pages send strangers to the form
         driver.find_element(By.ID, "username").send_keys(USER)
@@ -228,13 +243,6 @@ def test_review_flow_in_chromium(tmp_path: Path, service_factory) -> None:
             driver.set_window_size(1500, 1650)  # the whole dashboard
             driver.save_screenshot(str(shots / "dashboard.png"))
         assert api(web_port, "/api/worklist")[0]["verdict"] == "agree"
-    except BaseException:
-        failure = tmp_path / "browser-failure.png"
-        driver.save_screenshot(str(failure))
-        sys.stderr.write(f"\nbrowser screenshot at failure: {failure}\n")
-        raise
-    finally:
-        driver.quit()
     service.stop()
     service.check_logs()
 
@@ -394,7 +402,7 @@ def test_the_viewer_windows_zooms_pans_and_keeps_the_heat_map_in_register(readin
 
     base, _, tmp, flagged = reading_room
     driver = signed_in(base)
-    try:
+    with screenshot_on_failure(driver, tmp / "viewer-failure.png"):
         driver.get(f"{base}/studies/{flagged[0]}?flagged=true")
         figure = driver.find_element(By.CSS_SELECTOR, "figure.viewer")
         WebDriverWait(driver, 60).until(lambda d: figure.get_attribute("data-viewer") == "ready")
@@ -482,12 +490,6 @@ def test_the_viewer_windows_zooms_pans_and_keeps_the_heat_map_in_register(readin
         assert not driver.find_element(By.ID, "keys-help").is_displayed()
         slide(driver, slider, 100)
         keep_shot(driver, "study-viewer.png")
-    except BaseException:
-        driver.save_screenshot(str(tmp / "viewer-failure.png"))
-        sys.stderr.write(f"\nbrowser screenshot at failure: {tmp / 'viewer-failure.png'}\n")
-        raise
-    finally:
-        driver.quit()
 
 
 def test_five_flagged_studies_reviewed_with_the_keyboard_only(reading_room) -> None:
@@ -505,7 +507,7 @@ def test_five_flagged_studies_reviewed_with_the_keyboard_only(reading_room) -> N
             "const r = document.getElementById('reading-room'); "
             "return r && r.dataset.studyUid === arguments[0] && document.readyState === 'complete';", uid))
 
-    try:
+    with screenshot_on_failure(driver, tmp / "keyboard-failure.png"):
         driver.get(base + "/?flagged=true&reviewed=false")
         wait.until(lambda d: d.find_elements(By.ID, "worklist"))
         keys(driver, "j", Keys.ENTER)  # the first row, opened
@@ -526,12 +528,6 @@ def test_five_flagged_studies_reviewed_with_the_keyboard_only(reading_room) -> N
         keys(driver, "w")
         wait.until(lambda d: d.find_elements(By.ID, "worklist"))
         assert "No studies match" in driver.find_element(By.ID, "worklist").text
-    except BaseException:
-        driver.save_screenshot(str(tmp / "keyboard-failure.png"))
-        sys.stderr.write(f"\nbrowser screenshot at failure: {tmp / 'keyboard-failure.png'}\n")
-        raise
-    finally:
-        driver.quit()
 
 
 def test_the_worklist_counts_new_flagged_studies_without_reloading(reading_room) -> None:
@@ -542,7 +538,7 @@ def test_the_worklist_counts_new_flagged_studies_without_reloading(reading_room)
 
     base, db, tmp, _ = reading_room
     driver = signed_in(base)
-    try:
+    with screenshot_on_failure(driver, tmp / "updates-failure.png"):
         driver.get(base + "/")
         box = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "worklist-updates"))
         driver.execute_script("window.__same_page = true;")
@@ -556,9 +552,3 @@ def test_the_worklist_counts_new_flagged_studies_without_reloading(reading_room)
         driver.find_element(By.ID, "show-new").click()
         WebDriverWait(driver, 30).until(lambda d: not d.execute_script("return window.__same_page"))
         assert not driver.find_element(By.ID, "worklist-updates").is_displayed()
-    except BaseException:
-        driver.save_screenshot(str(tmp / "updates-failure.png"))
-        sys.stderr.write(f"\nbrowser screenshot at failure: {tmp / 'updates-failure.png'}\n")
-        raise
-    finally:
-        driver.quit()
