@@ -76,6 +76,7 @@ class ModalityImage:
 
 
 ValuesDecoded = tuple[ModalityImage | None, str, str]
+_Answer = tuple[np.ndarray | ModalityImage | None, str, str]  # what a child answers, either mode
 _Answered = TypeVar("_Answered", np.ndarray, ModalityImage)
 
 
@@ -85,7 +86,6 @@ def answer_or_raise(decoded: tuple[_Answered | None, str, str]) -> _Answered:
     if answer is None:
         raise InvalidInputError(message or "pixel data cannot be decoded", Reason(reason))
     return answer
-_Answer = tuple[np.ndarray | ModalityImage | None, str, str]
 
 
 class ChildDied(Exception):

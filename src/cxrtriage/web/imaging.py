@@ -57,17 +57,13 @@ def configure_decoding(processes: int = 2, limits: DecodeLimits | None = None) -
         _pool, _pool_config = DecoderPool(*config), config
 
 
-def _decoder() -> DecoderPool:
+def decoder() -> DecoderPool:
+    """The app's decoder children, started on first use (web/pixel_values.py asks them too)."""
     global _pool, _pool_config
     with _pool_lock:
         if _pool is None:
             _pool, _pool_config = DecoderPool(2), (2, DecodeLimits())
         return _pool
-
-
-def decoder() -> DecoderPool:
-    """The app's decoder children (web/pixel_values.py asks them for modality values)."""
-    return _decoder()
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -122,23 +118,20 @@ def stored_aspect(path: str) -> float:
 
 @lru_cache(maxsize=32)
 def _stored_view(path: str, _mtime: float, sha256: str, longest: int | None) -> View:
-    gray = answer_or_raise(_decoder().decode(path, sha256))
+    gray = answer_or_raise(decoder().decode(path, sha256))
     return gray_view(gray, stored_aspect(path), longest)
 
 
-def _existing(path: str, what: str) -> Path:
+def existing_file(path: str, what: str) -> Path:
     file = Path(path)
     if not file.is_file():
         raise InvalidInputError(f"the stored {what} file is missing", Reason.UNREADABLE_FILE)
     return file
 
 
-existing_file = _existing
-
-
 def stored_view(path: str, sha256: str = "", longest: int | None = DISPLAY_SIZE) -> View:
     """A stored image in true geometry; `sha256` (when given) must still be the file's digest."""
-    file = _existing(path, "image")
+    file = existing_file(path, "image")
     return _stored_view(str(file), file.stat().st_mtime, sha256, longest)
 
 
@@ -175,7 +168,7 @@ def heat_overlay(cam: np.ndarray, box: TrimBox, height: int, width: int) -> byte
 def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
                  longest: int | None) -> bytes:
     view = _stored_view(image, _mtime, sha256, longest)
-    rgb = answer_or_raise(_decoder().decode(heatmap, mode="rgb8"))  # the child checks it is 8-bit RGB
+    rgb = answer_or_raise(decoder().decode(heatmap, mode="rgb8"))  # the child checks it is 8-bit RGB
     return heat_overlay(cam_from_overlay(rgb), view.box, view.height, view.width)
 
 
@@ -183,7 +176,7 @@ def _stored_heat(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sh
 def _stored_map(heatmap: str, _heat_mtime: float, image: str, _mtime: float, sha256: str,
                 longest: int | None) -> bytes:
     view = _stored_view(image, _mtime, sha256, longest)
-    decoded = answer_or_raise(_decoder().decode_values(heatmap))
+    decoded = answer_or_raise(decoder().decode_values(heatmap))
     # The fractional values (0..MAX_FRACTIONAL_VALUE) on the image's own grid, as the worker wrote
     # them: the whole image is the box, nothing is read back from colours.
     cam = (decoded.values.astype(np.float32) + decoded.offset) / MAX_FRACTIONAL_VALUE
@@ -197,13 +190,13 @@ def render_heatmap(heatmap_path: str | None, image_path: str, sha256: str = "",
     the same image and size: from the map as data (`map_path`, the fractional Segmentation on the
     image's grid) when the worker wrote one, else from the Secondary Capture of the overlay in
     the model's square."""
-    image = _existing(image_path, "image")
+    image = existing_file(image_path, "image")
     if map_path is not None:
-        heat = _existing(map_path, "heatmap")
+        heat = existing_file(map_path, "heatmap")
         return _stored_map(str(heat), heat.stat().st_mtime, str(image), image.stat().st_mtime, sha256, size)
     if heatmap_path is None:
         raise InvalidInputError("no stored heat map", Reason.UNREADABLE_FILE)
-    heat = _existing(heatmap_path, "heatmap")
+    heat = existing_file(heatmap_path, "heatmap")
     return _stored_heat(str(heat), heat.stat().st_mtime, str(image), image.stat().st_mtime, sha256, size)
 
 
@@ -214,7 +207,7 @@ def is_dicom(data: bytes, filename: str) -> bool:
 def upload_view(data: bytes, dicom: bool, longest: int = TRY_SIZE) -> View:
     """An uploaded file (DICOM, or a PNG or JPEG picture) shown back in true geometry; raises
     InvalidInputError with the file's reason when it cannot be shown (nor classified)."""
-    pool = _decoder()
+    pool = decoder()
     if dicom:
         header = read_upload_header(data, pool.limits.max_decoded_bytes)  # spacing only; bounded
         return gray_view(answer_or_raise(pool.submit_data(data).result()), pixel_aspect(header), longest)
