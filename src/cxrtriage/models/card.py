@@ -63,6 +63,18 @@ resampling to 160-1024 px detectors, and uncompressed, RLE, JPEG 2000 (lossless 
 JPEG baseline encodings. Each file is read back by the worker's own step (`examine_file`), so the
 figures are those of the DICOM path. Its intervals treat the variants of one picture as
 independent and are somewhat too narrow."""
+    population = m.metrics.get("population_shift")
+    if population:
+        columns.append(("population shift, pooled", population))
+        text += f"""
+
+The **population shift** is the same held-out patients with the variation that acquisition
+simulation does not cover ({m.metrics.get('population_description', 'several shifts')}):
+rotation and positioning, collimation (dark bands and a smaller field), burned-in markers and
+text, tubes and lines, low dose (noise and a flatter range), another crop of the chest, and all
+of them at once (`cxrtriage.models.population_shift`). Its pooled intervals treat the shifts of
+one picture as independent and are somewhat too narrow. `cxrtriage evaluate --field` gives each
+shift alone, worst groups, and the prior-shift check."""
     return text + "\n\n" + _table(columns)
 
 
@@ -91,6 +103,32 @@ def _threshold_section(m: Manifest) -> str:
     note = m.metrics.get("threshold_note", "")
     return (f"{m.threshold:.4f}, chosen by the rule `{m.threshold_rule}`, after temperature "
             f"scaling (T = {m.temperature:.3f}).{(chr(10) * 2 + note) if note else ''}")
+
+
+def _regularisers(cfg: TrainConfig) -> str:
+    used = [(cfg.mixup_alpha, f"mixup (alpha {cfg.mixup_alpha})"),
+            (cfg.ema_decay, f"an exponential moving average of the weights (decay {cfg.ema_decay}), "
+                            "which is what is validated and kept"),
+            (cfg.augment.erase, f"random erasing (p {cfg.augment.erase})")]
+    return "".join(f", {text}" for value, text in used if value)
+
+
+def _augmentation(cfg: TrainConfig) -> str:
+    a = cfg.augment
+    text = (f"rotation ±{a.rotation_deg}°, shift {a.shift}, zoom {a.zoom}, shear {a.shear_deg}°, "
+            f"brightness/contrast/gamma {a.brightness}/{a.contrast}/{a.gamma}, "
+            f"horizontal flip {'on' if a.hflip else 'off'}")
+    acquisition = [(a.aspect, f"aspect ratio stretched and squashed back {a.aspect}"),
+                   (a.response, f"log or exponential detector response {a.response}"),
+                   (a.window, f"random window {a.window}"), (a.resample, f"resampling {a.resample}"),
+                   (a.noise, f"noise sd {a.noise}")]
+    chosen = [label for value, label in acquisition if value]
+    return text + (f"; acquisition (probabilities): {', '.join(chosen)}" if chosen else "")
+
+
+def _expectation(m: Manifest) -> str:
+    text = m.metrics.get("expectation")
+    return f"\n## Expected on unseen patients\n{text}\n" if text else ""
 
 
 def render_card(m: Manifest, cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
@@ -136,10 +174,8 @@ doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
 - The official test split was withheld from this project and never used.
 - Recipe: {cfg.epochs} epochs at most ({data.get("epochs_run")} run, best epoch {data.get("best_epoch")}),
   {cfg.optimizer} lr {cfg.lr}, {cfg.schedule} schedule, balance = {cfg.balance}, loss = {cfg.loss},
-  label smoothing {cfg.label_smoothing}; augmentation: rotation ±{cfg.augment.rotation_deg}°,
-  shift {cfg.augment.shift}, zoom {cfg.augment.zoom}, shear {cfg.augment.shear_deg}°,
-  brightness/contrast/gamma {cfg.augment.brightness}/{cfg.augment.contrast}/{cfg.augment.gamma},
-  horizontal flip {"on" if cfg.augment.hflip else "off"}. The config is `train_config.toml`;
+  label smoothing {cfg.label_smoothing}{_regularisers(cfg)}; augmentation: {_augmentation(cfg)}.
+  The config is `train_config.toml`;
   the per-epoch log is `training_log.json`.{(chr(10) + "- " + data["note"]) if data.get("note") else ""}
 
 ## Validation figures
@@ -147,7 +183,7 @@ doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., Cell 172(5), 2018.
 
 ## Operating threshold
 {_threshold_section(m)}
-
+{_expectation(m)}
 ## Limitations
 - One hospital, one population (children aged 1-5), AP views: figures will not transfer to adults,
   PA views, other scanners or other hospitals without local validation.
