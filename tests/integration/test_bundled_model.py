@@ -51,6 +51,7 @@ def test_operating_point_is_youden_on_the_pooled_population_shift(classifier):
     assert m.threshold_rule == "youden on the pooled population shift"
     assert m.architecture == "resnet18" and m.input_size == 224
     assert m.input_normalisation == "equalise" and m.test_time_crops == [0.92, 0.85]
+    assert m.preprocessing_version == "3", "padding trimmed, non-square images squashed as in training"
     assert m.members == [] and len(m.training_data["members"]) == 1, "one network, no ensemble"
     plain, shifted = m.metrics["validation"], m.metrics["shifted_validation"]
     population = m.metrics["population_shift"]

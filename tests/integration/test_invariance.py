@@ -92,19 +92,22 @@ def test_every_lossless_encoding_gives_the_same_probability(classifier, tmp_path
 
 
 VARIATIONS = {
-    ("probability", 0.002): {"window fit": replace(BASE, range_use=0.7, offset=0.1, window="fit"),
-            "window clip": replace(BASE, window="clip"),
-            "80% of the range, no window": replace(BASE, range_use=0.8, offset=0.1),
-            "half the range, no window": replace(BASE, range_use=0.5, offset=0.25),
-            "gamma 0.8": replace(BASE, response="gamma", response_param=0.8),
-            "gamma 1.25": replace(BASE, response="gamma", response_param=1.25),
-            "log 5": replace(BASE, response="log", response_param=5.0),
-            "log 8": replace(BASE, response="log", response_param=8.0)},
+    ("probability", 0.002): {"window fit": replace(BASE, range_use=0.7, offset=0.1,
+                                                   window="fit"),
+                             "window clip": replace(BASE, window="clip"),
+                             "80% of the range, no window": replace(BASE, range_use=0.8, offset=0.1),
+                             "half the range, no window": replace(BASE, range_use=0.5, offset=0.25),
+                             "gamma 0.8": replace(BASE, response="gamma", response_param=0.8),
+                             "gamma 1.25": replace(BASE, response="gamma", response_param=1.25),
+                             "log 5": replace(BASE, response="log", response_param=5.0),
+                             "log 8": replace(BASE, response="log", response_param=8.0)},
     ("log-odds", 0.3): {"j2k-lossy": replace(BASE, encoding="j2k-lossy"),
-           "jpeg-baseline": replace(BASE, bits=8, encoding="jpeg-baseline"),
-           "detector 160": replace(BASE, detector=160), "detector 512": replace(BASE, detector=512),
-           "detector 1024": replace(BASE, detector=1024),
-           "aspect 0.82": replace(BASE, aspect=0.82), "aspect 1.22": replace(BASE, aspect=1.22)},
+                        "jpeg-baseline": replace(BASE, bits=8, encoding="jpeg-baseline"),
+                        "detector 160": replace(BASE, detector=160),
+                        "detector 512": replace(BASE, detector=512),
+                        "detector 1024": replace(BASE, detector=1024),
+                        "aspect 0.82": replace(BASE, aspect=0.82),
+                        "aspect 1.22": replace(BASE, aspect=1.22)},
 }
 
 
