@@ -42,6 +42,18 @@ def test_target_sensitivity_rule():
     assert metrics.at_threshold(y, s, t).sensitivity >= 0.9
 
 
+def test_accuracy_at_prevalence_rule_is_the_best_of_every_threshold():
+    y, s = CASES[2]
+    t = metrics.choose_threshold(y, s, "accuracy@0.625")
+
+    def accuracy(threshold: float) -> float:
+        at = metrics.at_threshold(y, s, threshold)
+        return 0.625 * at.sensitivity + 0.375 * at.specificity
+
+    assert accuracy(t) == pytest.approx(max(accuracy(c) for c in np.unique(s)))
+    assert metrics.choose_threshold(y, s, "accuracy@0.99") <= t, "more positives, a lower flag"
+
+
 def test_bootstrap_interval_contains_point_estimate():
     y, s = CASES[2]
     auc, low, high = metrics.bootstrap_auroc(y, s, n_boot=200)

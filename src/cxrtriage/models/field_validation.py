@@ -116,15 +116,13 @@ def prior_shift(y: np.ndarray, probs: np.ndarray, threshold: float,
         if 0 < y[idx].sum() < len(idx):
             values.append(accuracy_at_prevalence(y[idx], probs[idx], threshold, prevalence))
     low, high = np.percentile(values, [2.5, 97.5])
-    candidates = np.unique(probs)
-    scores = [accuracy_at_prevalence(y, probs, t, prevalence) for t in candidates]
-    best = int(np.argmax(scores))
+    best = metrics.choose_threshold(y, probs, f"accuracy@{prevalence}")
     return {"prevalence": prevalence, "set_prevalence": float(y.mean()),
             "accuracy_at_threshold": metrics.at_threshold(y, probs, threshold).accuracy,
             "accuracy_at_field_prevalence": accuracy_at_prevalence(y, probs, threshold, prevalence),
             "accuracy_at_field_prevalence_95ci": [float(low), float(high)],
-            "best_threshold_at_field_prevalence": float(candidates[best]),
-            "best_accuracy_at_field_prevalence": float(scores[best])}
+            "best_threshold_at_field_prevalence": best,
+            "best_accuracy_at_field_prevalence": accuracy_at_prevalence(y, probs, best, prevalence)}
 
 
 def trimmed_paths(samples: list[Sample]) -> set[str]:

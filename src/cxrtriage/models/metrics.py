@@ -134,7 +134,8 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[t
 
 def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str) -> float:
     """`youden` maximises sensitivity + specificity - 1; `sensitivity:0.95` is the highest
-    threshold that keeps sensitivity at or above the target."""
+    threshold that keeps sensitivity at or above the target; `accuracy@0.625` maximises the
+    accuracy the same sensitivity and specificity give where 62.5% are positive."""
     y, s = _check(y_true, scores)
     fpr, tpr, thresholds = roc_curve(y, s)
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
@@ -144,7 +145,11 @@ def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str) -> float
         target = float(rule.split(":", 1)[1])
         ok = np.nonzero(tpr >= target)[0]
         return float(thresholds[ok[0]]) if len(ok) else float(thresholds[-1])
-    raise ValueError(f"threshold rule must be 'youden' or 'sensitivity:<value>', got {rule!r}")
+    if rule.startswith("accuracy@"):
+        prevalence = float(rule.split("@", 1)[1])
+        return float(thresholds[int(np.argmax(prevalence * tpr + (1 - prevalence) * (1 - fpr)))])
+    raise ValueError("threshold rule must be 'youden', 'sensitivity:<value>' or "
+                     f"'accuracy@<prevalence>', got {rule!r}")
 
 
 def summarize(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:

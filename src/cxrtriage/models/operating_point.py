@@ -123,7 +123,7 @@ def repackage(source: Path, output: Path, version: str, threshold: float, temper
     return manifest
 
 
-def _with_test_time_crops(source: Path, output: Path, crops: list[float]) -> Path:
+def with_test_time_crops(source: Path, output: Path, crops: list[float]) -> Path:
     """A copy of the package at `output` whose manifest lists `crops` (weights unchanged)."""
     if output.resolve() != source.resolve():
         if output.exists():
@@ -141,7 +141,7 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
              expectation: str = "") -> Manifest:
     old = read_manifest(package)
     if test_time_crops is not None:  # measured with the views it will serve with
-        package = _with_test_time_crops(package, output, test_time_crops)
+        package = with_test_time_crops(package, output, test_time_crops)
     measured = measure(package, holdout, variants, seed, cache_dir, population=on == "population")
     temperature, threshold = choose(measured, rule, refit_temperature, old.temperature, on)
     flag = measured["flag_index"]
