@@ -47,6 +47,12 @@ def write_study(folder: Path, datasets: list[Dataset]) -> list[Path]:
     return paths
 
 
+def flag_logits(p_flag: np.ndarray) -> torch.Tensor:
+    """Two-class logits whose softmax at temperature 1 gives `p_flag` for class 1 (the flag)."""
+    p = torch.from_numpy(p_flag).double().clamp(1e-6, 1 - 1e-6)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1).float()
+
+
 def random_package(target: Path, architecture: str = "resnet18", input_size: int = 64,
                    seed: int = 0) -> Path:
     """A package with random weights, for pipeline tests only; never shipped or called a model."""

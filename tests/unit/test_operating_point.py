@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cxrtriage.models import metrics
 from cxrtriage.models.operating_point import CHOICE_SETS, choose, probabilities
-
-
-def _logits(p_flag: np.ndarray) -> torch.Tensor:
-    """Two-class logits whose softmax at T = 1 gives `p_flag` for class 1."""
-    p = torch.from_numpy(p_flag).double().clamp(1e-6, 1 - 1e-6)
-    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1).float()
+from tests.factory import flag_logits
 
 
 @pytest.fixture()
@@ -23,9 +17,9 @@ def measured() -> dict:
     plain = np.clip(0.1 + 0.8 * y + rng.normal(0, 0.05, 400), 0.01, 0.99)
     # The harder set: the normals' scores rise, as they do for unseen patients.
     harder = np.clip(plain + (1 - y) * rng.uniform(0.3, 0.9, 400), 0.01, 0.99)
-    return {"flag_index": 1, "y": y, "logits": _logits(plain),
-            "shifted_y": y, "shifted_logits": _logits(plain),
-            "population_y": y, "population_logits": _logits(harder)}
+    return {"flag_index": 1, "y": y, "logits": flag_logits(plain),
+            "shifted_y": y, "shifted_logits": flag_logits(plain),
+            "population_y": y, "population_logits": flag_logits(harder)}
 
 
 def test_youden_on_the_population_shift_is_youden_of_those_scores(measured):

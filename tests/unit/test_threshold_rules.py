@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cxrtriage.models.field_validation import accuracy_at_prevalence
 from cxrtriage.models.metrics import choose_threshold
 from cxrtriage.models.population_shift import SHIFTS
 from cxrtriage.models.threshold_rules import CHOSEN_ON, RULES, compare, markdown, scored_sets
-
-
-def _logits(p_flag: np.ndarray) -> torch.Tensor:
-    p = torch.from_numpy(p_flag).double().clamp(1e-6, 1 - 1e-6)
-    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1).float()
+from tests.factory import flag_logits
 
 
 @pytest.fixture()
@@ -25,9 +20,9 @@ def measured() -> dict:
     # Each shift raises the normals' scores by its own amount; `combined` (last) the most.
     shifted = [np.clip(plain + (1 - y) * rng.uniform(0, 0.1 * (i + 1), 300), 0.01, 0.99)
                for i in range(len(SHIFTS))]
-    return {"flag_index": 1, "y": y, "logits": _logits(plain), "shifted_y": y,
-            "shifted_logits": _logits(plain), "population_y": np.tile(y, len(SHIFTS)),
-            "population_logits": _logits(np.concatenate(shifted))}
+    return {"flag_index": 1, "y": y, "logits": flag_logits(plain), "shifted_y": y,
+            "shifted_logits": flag_logits(plain), "population_y": np.tile(y, len(SHIFTS)),
+            "population_logits": flag_logits(np.concatenate(shifted))}
 
 
 def test_each_shift_is_its_own_slice_of_the_pooled_scores(measured):
