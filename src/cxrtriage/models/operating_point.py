@@ -71,6 +71,17 @@ def probabilities(logits: torch.Tensor, temperature: float, flag_index: int) -> 
     return torch.softmax(logits / temperature, dim=1)[:, flag_index].numpy()
 
 
+# The key prefix of each set in what `measure` returns.
+MEASURED_SETS = {"validation": "", "shifted": "shifted_", "population": "population_"}
+
+
+def scores(measured: dict[str, Any], name: str, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, flag probabilities) of one measured set (a key of MEASURED_SETS)."""
+    prefix = MEASURED_SETS[name]
+    return measured[f"{prefix}y"], probabilities(measured[f"{prefix}logits"], temperature,
+                                                 measured["flag_index"])
+
+
 # Where a threshold can be chosen, and why a rule there does not follow the saturated validation.
 CHOICE_SETS = {
     "shifted": ("the shifted validation",
@@ -91,8 +102,7 @@ def choose(measured: dict[str, Any], rule: str, refit_temperature: bool,
         targets = torch.from_numpy(np.where(y == 1, measured["flag_index"],
                                             1 - measured["flag_index"])).long()
         temperature = fit_temperature(logits, targets)
-    probs = probabilities(logits, temperature, measured["flag_index"])
-    return temperature, metrics.choose_threshold(y, probs, rule)
+    return temperature, metrics.choose_threshold(*scores(measured, on, temperature), rule)
 
 
 def repackage(source: Path, output: Path, version: str, threshold: float, temperature: float,
@@ -144,15 +154,12 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
         package = with_test_time_crops(package, output, test_time_crops)
     measured = measure(package, holdout, variants, seed, cache_dir, population=on == "population")
     temperature, threshold = choose(measured, rule, refit_temperature, old.temperature, on)
-    flag = measured["flag_index"]
 
-    def summary(prefix: str) -> dict[str, Any]:
-        return summarize(measured[f"{prefix}y"],
-                         probabilities(measured[f"{prefix}logits"], temperature, flag), threshold)
+    def summary(name: str) -> dict[str, Any]:
+        return summarize(*scores(measured, name, temperature), threshold)
 
     where, why = CHOICE_SETS[on]
-    old_probs = probabilities(measured[f"{on}_logits"], old.temperature, flag)
-    before = metrics.at_threshold(measured[f"{on}_y"], old_probs, old.threshold)
+    before = metrics.at_threshold(*scores(measured, on, old.temperature), old.threshold)
     geometry = ""
     if changes := preprocessing_changes(old.preprocessing_version):
         geometry = (f"Preprocessing changed from version {old.preprocessing_version} to "
@@ -163,12 +170,12 @@ def rechoose(package: Path, holdout: Path, output: Path, version: str,
         f"{before.sensitivity:.3f} and specificity {before.specificity:.3f}. The rule is applied "
         f"on {where} because {why}; sensitivity and specificity are computed within each class, "
         "so the rule does not depend on how common pneumonia is.")
-    results = {"validation": summary(""), "shifted_validation": summary("shifted_"),
+    results = {"validation": summary("validation"), "shifted_validation": summary("shifted"),
                "shifted_description": f"{variants} recipes per picture, seed {seed}",
                "threshold_note": threshold_note,
                **({"expectation": expectation} if expectation else {})}
     if on == "population":
-        results["population_shift"] = summary("population_")
+        results["population_shift"] = summary("population")
         results["population_description"] = (
             f"{len(SHIFTS)} shifts, each held-out picture once per shift, seed {seed}")
     return repackage(package, output, version, threshold, temperature,

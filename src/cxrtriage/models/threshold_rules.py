@@ -21,7 +21,7 @@ import numpy as np
 from cxrtriage.models.field_validation import FIELD_PREVALENCE, accuracy_at_prevalence
 from cxrtriage.models.manifest import read_manifest
 from cxrtriage.models.metrics import choose_threshold
-from cxrtriage.models.operating_point import measure, probabilities, with_test_time_crops
+from cxrtriage.models.operating_point import measure, scores, with_test_time_crops
 from cxrtriage.models.population_shift import SHIFTS
 
 RULES = ("youden", "sensitivity:0.95", "sensitivity:0.97", f"accuracy@{FIELD_PREVALENCE}")
@@ -33,12 +33,11 @@ Scored = dict[str, tuple[np.ndarray, np.ndarray]]
 def scored_sets(measured: dict[str, Any], temperature: float) -> Scored:
     """(labels, flag probabilities) of every set `operating_point.measure(population=True)`
     scored, and of each population shift alone."""
-    flag, y = measured["flag_index"], measured["y"]
-    pooled = probabilities(measured["population_logits"], temperature, flag)
-    sets = {"validation": (y, probabilities(measured["logits"], temperature, flag)),
-            "shifted": (measured["shifted_y"],
-                        probabilities(measured["shifted_logits"], temperature, flag)),
-            "pooled": (measured["population_y"], pooled)}
+    y = measured["y"]
+    sets = {"validation": scores(measured, "validation", temperature),
+            "shifted": scores(measured, "shifted", temperature),
+            "pooled": scores(measured, "population", temperature)}
+    pooled = sets["pooled"][1]
     for i, shift in enumerate(SHIFTS):  # measure() concatenates the shifts in this order
         sets[shift] = (y, pooled[i * len(y):(i + 1) * len(y)])
     return sets
