@@ -37,6 +37,24 @@ def test_equal_values_share_their_mean_rank():
     assert torch.all(equalise(torch.full((1, 1, 4, 4), 0.7)) == 0.5)
 
 
+def _mid_ranks_by_search(images: torch.Tensor) -> torch.Tensor:
+    """The definition: how many values lie below each pixel, and how many not above it."""
+    flat = images.reshape(images.shape[0], -1)
+    ordered = flat.sort(dim=1).values
+    below = torch.searchsorted(ordered, flat, side="left")
+    not_above = torch.searchsorted(ordered, flat, side="right")
+    return ((below + not_above).float() / (2.0 * flat.shape[1])).reshape(images.shape)
+
+
+@pytest.mark.parametrize("images", [
+    torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(1)),  # no ties
+    torch.randint(0, 7, (3, 1, 40, 40), generator=torch.Generator().manual_seed(2)).float() / 6,  # many
+    torch.cat([torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)]),  # one run each
+])
+def test_equalise_gives_exactly_the_mid_ranks_by_definition(images):
+    assert torch.equal(equalise(images), _mid_ranks_by_search(images))
+
+
 def test_each_picture_is_ranked_on_its_own():
     a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16) * 0.1
     both = equalise(torch.cat([a, b]))

@@ -16,14 +16,24 @@ from cxrtriage.models.manifest import INPUT_NORMALISATIONS
 
 def equalise(images: torch.Tensor) -> torch.Tensor:
     """[N, 1, H, W] to the mid-rank of each pixel within its picture, in [0, 1]. Equal values
-    share their mean rank, so a flat region stays flat."""
+    share their mean rank, so a flat region stays flat.
+
+    One sort, then linear passes over the sorted values: each run of equal values spans
+    [first, last], and its pixels get (first + last + 1) / 2n. Half the time of searching the
+    sorted values for every pixel, with the same result (tests/unit/test_normalisation.py)."""
     n = images.shape[0]
     flat = images.reshape(n, -1).float()
-    ordered = flat.sort(dim=1).values
-    below = torch.searchsorted(ordered, flat, side="left")
-    not_above = torch.searchsorted(ordered, flat, side="right")
-    ranks = (below + not_above).float() / (2.0 * flat.shape[1])
-    return ranks.reshape(images.shape)
+    size = flat.shape[1]
+    ordered, order = flat.sort(dim=1)
+    position = torch.arange(size, device=flat.device).expand(n, size)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(dim=1).values
+    last = torch.where(ends, position, size - 1).flip(1).cummin(dim=1).values.flip(1)
+    ranks = (first + last + 1).float() / (2.0 * size)
+    return torch.empty_like(flat).scatter_(1, order, ranks).reshape(images.shape)
 
 
 def network_input(images: torch.Tensor, normalisation: str, mean: float, std: float) -> torch.Tensor:
