@@ -38,14 +38,17 @@ from benchmarks.report import peak_rss_mb
 MiB = 1024 * 1024
 
 
-def _honest_store_s(port: int, folder: Path) -> float:
+def _honest_store(port: int, folder: Path) -> tuple[float, str]:
+    """Seconds for an honest storescu to store one image, and what went wrong when it failed
+    (infinite seconds, and storescu's last error line)."""
     files = write_study(folder, [radiograph()])
     start = time.perf_counter()
     result = subprocess.run([binary("storescu"), "-aec", "CXRTRIAGE", "-aet", "MODALITY", LOOPBACK, str(port),
-                             *map(str, files)], capture_output=True, timeout=300)
+                             *map(str, files)], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
-        return float("inf")
-    return time.perf_counter() - start
+        errors = [line for line in (result.stderr + result.stdout).splitlines() if line.startswith("E:")]
+        return float("inf"), errors[-1] if errors else f"storescu exit {result.returncode}"
+    return time.perf_counter() - start, "stored"
 
 
 def _send_deflated(port: int, path: Path) -> str:
@@ -122,7 +125,7 @@ def _attack(name: str, run: Callable[[], str], port: int, pid: int, spool: Path,
     attacker = threading.Thread(target=lambda: outcome.append(run()))
     attacker.start()
     time.sleep(0.2)  # the attack is under way
-    honest_s = _honest_store_s(port, work / f"honest-{name}")
+    honest_s, honest_outcome = _honest_store(port, work / f"honest-{name}")
     attacker.join(timeout=900)
     held = time.perf_counter() - start
     stop.set()
@@ -132,6 +135,7 @@ def _attack(name: str, run: Callable[[], str], port: int, pid: int, spool: Path,
     figures[f"hostile_{name}_rss_growth_mb"] = round((peak_rss_mb(pid) or 0.0) - rss_before, 1)
     figures[f"hostile_{name}_spool_peak_mb"] = round(peak_spool[0] / MiB, 1)
     figures[f"hostile_{name}_honest_store_ratio"] = round(honest_s / idle_s, 2)
+    figures[f"hostile_{name}_honest_outcome"] = honest_outcome
     if not echoscu(port):
         raise RuntimeError(f"the receiver stopped answering after {name}")
 
@@ -145,7 +149,7 @@ def measure(work: Path) -> dict[str, float | str]:
     figures: dict[str, float | str] = {}
     try:
         wait_for(lambda: echoscu(port), 120, "cxrtriage receiver", interval=0.5)
-        idle_s = statistics.median(_honest_store_s(port, work / f"idle-{i}") for i in range(3))
+        idle_s = statistics.median(_honest_store(port, work / f"idle-{i}")[0] for i in range(3))
         figures["hostile_honest_store_idle_s"] = round(idle_s, 3)
         figures["hostile_receiver_idle_peak_rss_mb"] = round(peak_rss_mb(proc.proc.pid) or 0.0, 1)
         bomb = work / "bomb.dcm"
