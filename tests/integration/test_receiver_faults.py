@@ -16,6 +16,7 @@ from sqlalchemy import select
 from cxrtriage.db.ingest import close_stale_associations, expire_associations, open_association
 from cxrtriage.db.models import Association, Instance, Rejection, StudyDetails, utcnow
 from cxrtriage.db.session import Database, upgrade
+from cxrtriage.dicom.associations import Associations
 from cxrtriage.dicom.receiver import OUT_OF_RESOURCES, SUCCESS, Receiver, ReceiverLimits
 from cxrtriage.dicom.storage import InstanceStore, Watermark
 from cxrtriage.worker.receiving import DatabaseIndex
@@ -182,3 +183,39 @@ def test_the_worklist_details_arrive_with_the_instance(tmp_path, db):
                               SENTINELS["AccessionNumber"], "20261205", "CHEST PA")
     finally:
         receiver.stop()
+
+
+
+class _Peer:
+    """What Associations reads of a pynetdicom association."""
+
+    class requestor:  # noqa: N801 - pynetdicom's attribute
+        ae_title, address, port = "MOD", "127.0.0.1", 104
+
+
+class ClosesDuringOpen(DatabaseIndex):
+    """The real index, where the connection's close event (from pynetdicom's DUL thread) arrives
+    while the open is being written: after the association's id was taken, before its row exists."""
+
+    def __init__(self, db: Database, open_fails: bool) -> None:
+        super().__init__(db, "rx-1")
+        self.associations, self.peer, self.open_fails = Associations(self), _Peer(), open_fails
+
+    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
+        self.associations.record_closed(self.peer)
+        if self.open_fails:
+            raise ConnectionError("injected failure of opened")
+        super().association_opened(association_id, calling_ae, peer)
+
+
+@pytest.mark.parametrize("open_fails", [False, True])
+def test_a_close_that_overtakes_the_open_still_closes_the_record(db, open_fails):
+    index = ClosesDuringOpen(db, open_fails)
+    associations = index.associations
+    assoc_id = associations.id_for(index.peer)
+    assert associations.record_opened(index.peer, assoc_id) is not open_fails
+    rows = _associations(db)
+    assert len(rows) == (0 if open_fails else 1)
+    assert all(row.closed_at is not None for row in rows), "a closed association's row stays open"
+    assert associations.open_ids() == []
+    assert associations.is_recorded(assoc_id), "a closed association is still owed an open record"

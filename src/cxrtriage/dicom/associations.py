@@ -61,22 +61,34 @@ class Associations:
             logger.error("could not record an opened association",
                          extra={"association_id": assoc_id, "error": type(exc).__name__})
             with self._lock:
-                self._unrecorded.add(assoc_id)
+                if self._ids.get(id(assoc)) == assoc_id:  # not closed meanwhile: its stores wait
+                    self._unrecorded.add(assoc_id)
             return False
         with self._lock:
             self._unrecorded.discard(assoc_id)
+            closed_meanwhile = self._ids.get(id(assoc)) != assoc_id
+        if closed_meanwhile:
+            # The connection closed while the open was being written (pynetdicom reports the
+            # close from the DUL's thread), so that close found no row to update. Close it now.
+            self._write_close(assoc_id)
         return True
 
     def record_closed(self, assoc: Any) -> None:
         self._record_closed(id(assoc))
 
     def _record_closed(self, key: int) -> None:
-        """Record the close first; forget the association only once that is written or queued
-        for the heartbeat to retry."""
+        """Forget the association, then record its close. Forgotten first: an open being written
+        at the same moment then sees that it was closed and writes the close itself."""
         with self._lock:
-            assoc_id = self._ids.get(key)
-        if not assoc_id:
-            return
+            assoc_id = self._ids.pop(key, None)
+            self._live.pop(key, None)
+            if assoc_id:
+                self._unrecorded.discard(assoc_id)
+        if assoc_id:
+            self._write_close(assoc_id)
+
+    def _write_close(self, assoc_id: str) -> None:
+        """The close record, or a retry owed by the heartbeat when it cannot be written."""
         try:
             self.index.association_closed(assoc_id)
         except Exception as exc:
@@ -84,10 +96,6 @@ class Associations:
                          extra={"association_id": assoc_id, "error": type(exc).__name__})
             with self._lock:
                 self._unclosed.add(assoc_id)
-        with self._lock:
-            self._ids.pop(key, None)
-            self._live.pop(key, None)
-            self._unrecorded.discard(assoc_id)
         logger.info("association closed", extra={"association_id": assoc_id})
 
     def _reap(self) -> None:
