@@ -10,7 +10,9 @@ Attacks: a deflate bomb (3.2 GB of pixels in a few MB of Deflated Explicit VR Li
 sent as stored by a pynetdicom SCU); the same image uncompressed, streamed by dcmtk's dcmsend
 (a 1 GiB file: the receiver cuts it at twice its instance limit); fourteen half-open
 connections declaring a 2 GiB A-ASSOCIATE-RQ; fourteen trickling a plausible one a byte a second;
-an A-ASSOCIATE-RQ of 4 MiB.
+an A-ASSOCIATE-RQ of 4 MiB; sixteen peers on eight addresses connecting and closing without a
+request for 25 s, the honest store made 20 s into it (pynetdicom's cap on acceptor threads had
+filled by then before the receiver ended those threads at the close).
 """
 
 from __future__ import annotations
@@ -96,6 +98,30 @@ def _half_open(port: int, length: int, trickle: bool) -> str:
     return "all closed" if all(c is not None for c in closed) else "some still open"
 
 
+def _connect_close_flood(port: int, pid: int, seconds: float) -> str:
+    stop, count, threads = threading.Event(), [0], [0]
+
+    def flood(address: str) -> None:
+        while not stop.is_set():
+            try:
+                connect_from(address, port).close()
+                count[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    peers = [threading.Thread(target=flood, args=(f"127.0.0.{2 + i % 8}",), daemon=True) for i in range(16)]
+    for peer in peers:
+        peer.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        threads[0] = max(threads[0], len(os.listdir(f"/proc/{pid}/task")))
+        time.sleep(0.5)
+    stop.set()
+    for peer in peers:
+        peer.join()
+    return f"{count[0]} connections, receiver at most {threads[0]} threads"
+
+
 def _big_rq(port: int) -> str:
     sock = connect_from("127.0.0.2", port)
     try:
@@ -106,7 +132,7 @@ def _big_rq(port: int) -> str:
 
 
 def _attack(name: str, run: Callable[[], str], port: int, pid: int, spool: Path, work: Path,
-            idle_s: float, figures: dict[str, float | str]) -> None:
+            idle_s: float, figures: dict[str, float | str], lead_s: float = 0.2) -> None:
     rss_before = peak_rss_mb(pid) or 0.0
     peak_spool, stop = [0], threading.Event()
 
@@ -124,7 +150,7 @@ def _attack(name: str, run: Callable[[], str], port: int, pid: int, spool: Path,
     start = time.perf_counter()
     attacker = threading.Thread(target=lambda: outcome.append(run()))
     attacker.start()
-    time.sleep(0.2)  # the attack is under way
+    time.sleep(lead_s)  # the attack is under way
     honest_s, honest_outcome = _honest_store(port, work / f"honest-{name}")
     attacker.join(timeout=900)
     held = time.perf_counter() - start
@@ -164,9 +190,11 @@ def measure(work: Path) -> dict[str, float | str]:
             "half_open_2gib_rq": lambda: _half_open(port, 2**31, trickle=False),
             "trickle_rq": lambda: _half_open(port, 300, trickle=True),
             "rq_4mib": lambda: _big_rq(port),
+            "connect_close_flood": lambda: _connect_close_flood(port, proc.proc.pid, 25),
         }
         for name, run in attacks.items():
-            _attack(name, run, port, proc.proc.pid, spool, work, idle_s, figures)
+            _attack(name, run, port, proc.proc.pid, spool, work, idle_s, figures,
+                    lead_s=20 if name == "connect_close_flood" else 0.2)
         figures["hostile_receiver_peak_rss_mb"] = round(peak_rss_mb(proc.proc.pid) or 0.0, 1)
     finally:
         proc.stop()

@@ -246,6 +246,20 @@ def test_one_address_cannot_take_every_negotiating_slot(receive):
         sock.close()
 
 
+def test_connections_closed_before_their_request_leave_nothing_behind(receive):
+    # pynetdicom keeps an acceptor's thread waiting acse_timeout (30 s) for an A-ASSOCIATE-RQ
+    # even after its connection is gone, and counts those threads against its own cap
+    # (10 x our slots: 30 here). Connecting and closing, each time within every limit, from
+    # eight addresses, locked every modality out until they expired.
+    limits = ReceiverLimits(max_associations=1, max_pending_connections=2, heartbeat_seconds=3600)
+    receiver, port = receive(limits)
+    for i in range(45):
+        connect_from(f"127.0.0.{2 + i % 8}", port).close()
+        time.sleep(0.02)  # the receiver sees each close, so each one was admitted
+    assert echoscu(port), "closed connections locked out a modality"
+    wait_for(lambda: not receiver.ae.active_associations, 3, "the closed connections' threads to end")
+
+
 def test_the_called_ae_title_must_be_ours_or_an_alias(receive):
     _, port = receive(access=AccessPolicy(called_ae_aliases=("TRIAGE2",)))
     assert echoscu(port, called="CXRTRIAGE")

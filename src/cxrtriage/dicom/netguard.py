@@ -12,7 +12,9 @@ adds checks to association negotiation, for the AEs it is installed on only:
 - a whole PDU must arrive within `pdu_timeout`; negotiation must finish within
   `negotiation_timeout` of the first byte;
 - connections that have not associated have their own caps (in all and per peer address),
-  apart from established associations, which alone count against `max_associations`;
+  apart from established associations, which alone count against `max_associations`; one
+  that closes before its A-ASSOCIATE-RQ ends its thread at once, where pynetdicom would keep it
+  waiting `acse_timeout` and count it against its own cap;
 - a data set is counted fragment by fragment: past `max_instance_bytes`, or while the storage
   volume is past its watermark, its remaining fragments are dropped unread by anyone, and the
   C-STORE is answered with the recorded refusal; past twice the limit the association is
@@ -128,12 +130,18 @@ class ConnectionGuard:
         return False
 
     def forget(self, assoc: Any) -> None:
-        """The connection closed: free its slot."""
+        """The connection closed: free its slot, and its thread if no A-ASSOCIATE-RQ came."""
         requestor = assoc.requestor
         with self._lock:
             self._pending.pop((str(requestor.address), int(requestor.port or 0)), None)
             self._admitted.pop(id(assoc), None)
             self._transfers.pop(id(assoc), None)
+        if assoc.is_acceptor and requestor.primitive is None:
+            # pynetdicom's acceptor thread waits acse_timeout for the request even when the
+            # connection is gone, and counts against maximum_associations meanwhile: peers
+            # that connect and close, within every limit, locked every modality out. None is
+            # what that wait returns when it times out, so the thread ends as it would then.
+            assoc.dul.to_user_queue.put(None)
 
     def _established(self, assoc: Any) -> tuple[int, ...]:
         """Take an association slot; the rejection to send when none is free."""
