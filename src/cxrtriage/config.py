@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_peers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_associations: int = Field(10, ge=1)
+    max_associations_per_peer: int = Field(5, ge=1)  # of them from one address
     # Hostile peers (docs/security.md): what a connection may cost before it is cut off.
     max_pending_connections: int = Field(20, ge=1)  # connected, not yet associated, from all peers
     max_pending_per_peer: int = Field(4, ge=1)  # ... and from any one address

@@ -260,6 +260,26 @@ def test_connections_closed_before_their_request_leave_nothing_behind(receive):
     wait_for(lambda: not receiver.ae.active_associations, 3, "the closed connections' threads to end")
 
 
+def test_one_address_cannot_hold_every_association_slot(receive):
+    limits = ReceiverLimits(max_associations=4, max_associations_per_peer=2, heartbeat_seconds=3600)
+    _, port = receive(limits)
+    ae = AE(ae_title="IDLER")
+    ae.add_requested_context(Verification)
+
+    def associate():  # type: ignore[no-untyped-def]
+        return ae.associate(LOOPBACK, port, ae_title="CXRTRIAGE", bind_address=("127.0.0.2", 0))
+
+    held = [associate() for _ in range(2)]
+    assert all(assoc.is_established for assoc in held)
+    third = associate()
+    rejection = third.acceptor.primitive
+    assert third.is_rejected and (rejection.result, rejection.result_source) == (0x02, 0x03), "a third got in"
+    assert echoscu(port), "another address was locked out"
+    for assoc in held:
+        assoc.release()
+    assert associate().is_established, "the address's slots were not given back"
+
+
 def test_the_called_ae_title_must_be_ours_or_an_alias(receive):
     _, port = receive(access=AccessPolicy(called_ae_aliases=("TRIAGE2",)))
     assert echoscu(port, called="CXRTRIAGE")

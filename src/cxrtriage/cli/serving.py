@@ -89,10 +89,11 @@ def cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
                             max_decoded_bytes=settings.max_decoded_bytes,
                             max_associations=share(settings.max_associations, group[1]),
                             max_pending_connections=share(settings.max_pending_connections, group[1]),
-                            # Not split: the kernel spreads one peer's connections unevenly, and
-                            # a peer within its limit must not be refused for that. The group's
-                            # total (max_pending_connections) still bounds what it holds.
+                            # The per-address limits are not split: the kernel spreads one peer's
+                            # connections unevenly, and a peer within its limit must not be refused
+                            # for that. The group's totals still bound what it holds.
                             max_pending_per_peer=settings.max_pending_per_peer,
+                            max_associations_per_peer=settings.max_associations_per_peer,
                             max_pdu_size=settings.max_pdu_size,
                             max_associate_rq_bytes=settings.max_associate_rq_bytes,
                             pdu_timeout=settings.pdu_timeout,

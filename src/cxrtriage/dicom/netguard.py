@@ -12,7 +12,9 @@ adds checks to association negotiation, for the AEs it is installed on only:
 - a whole PDU must arrive within `pdu_timeout`; negotiation must finish within
   `negotiation_timeout` of the first byte;
 - connections that have not associated have their own caps (in all and per peer address),
-  apart from established associations, which alone count against `max_associations`; one
+  apart from established associations, which alone count against `max_associations` (and
+  `max_associations_per_peer` from one address, so that one host holding idle associations
+  cannot take every slot); one
   that closes before its A-ASSOCIATE-RQ ends its thread at once, where pynetdicom would keep it
   waiting `acse_timeout` and count it against its own cap;
 - a data set is counted fragment by fragment: past `max_instance_bytes`, or while the storage
@@ -58,10 +60,11 @@ class PeerLimits:
     pdu_timeout: float = 60.0
     negotiation_timeout: float = 10.0
     max_instance_bytes: int = 256 * 1024 * 1024
+    max_associations_per_peer: int = 5  # established, from any one address
 
     def __post_init__(self) -> None:
         for name in ("max_associations", "max_pending", "max_pending_per_peer", "max_pdu_size",
-                     "max_associate_rq_bytes", "max_instance_bytes"):
+                     "max_associate_rq_bytes", "max_instance_bytes", "max_associations_per_peer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pdu_timeout <= 0 or self.negotiation_timeout <= 0:
@@ -155,6 +158,12 @@ class ConnectionGuard:
                     del self._admitted[key]
                     self._transfers.pop(key, None)
             if len(self._admitted) >= self.limits.max_associations:
+                return REJECT_BUSY
+            from_peer = sum(1 for other in self._admitted.values()
+                            if str(other.requestor.address) == str(requestor.address))
+            if from_peer >= self.limits.max_associations_per_peer:
+                logger.warning("association rejected: too many from this address",
+                               extra={"peer": str(requestor.address)})
                 return REJECT_BUSY
             self._admitted[id(assoc)] = assoc
         return ()

@@ -95,6 +95,7 @@ class ReceiverLimits:
     max_instance_bytes: int = 256 * 1024 * 1024
     max_decoded_bytes: int = 256 * 1024 * 1024
     max_associations: int = 10
+    max_associations_per_peer: int = 5  # ... of them from one address
     max_pending_connections: int = 20  # not yet associated, from all peers ...
     max_pending_per_peer: int = 4  # ... and from one address
     max_pdu_size: int = 262144
@@ -110,7 +111,8 @@ class ReceiverLimits:
     def peer_limits(self) -> PeerLimits:
         return PeerLimits(self.max_associations, self.max_pending_connections, self.max_pending_per_peer,
                           self.max_pdu_size, self.max_associate_rq_bytes, self.pdu_timeout,
-                          self.negotiation_timeout, self.max_instance_bytes)
+                          self.negotiation_timeout, self.max_instance_bytes,
+                          max_associations_per_peer=self.max_associations_per_peer)
 
 
 @dataclass(frozen=True)
