@@ -14,9 +14,8 @@ adds checks to association negotiation, for the AEs it is installed on only:
 - connections that have not associated have their own caps (in all and per peer address),
   apart from established associations, which alone count against `max_associations` (and
   `max_associations_per_peer` from one address, so that one host holding idle associations
-  cannot take every slot); one
-  that closes before its A-ASSOCIATE-RQ ends its thread at once, where pynetdicom would keep it
-  waiting `acse_timeout` and count it against its own cap;
+  cannot take every slot); a connection that closes before its A-ASSOCIATE-RQ ends its thread
+  at once, where pynetdicom would keep it waiting `acse_timeout` and count it against its cap;
 - a data set is counted fragment by fragment: past `max_instance_bytes`, or while the storage
   volume is past its watermark, its remaining fragments are dropped unread by anyone, and the
   C-STORE is answered with the recorded refusal; past twice the limit the association is
