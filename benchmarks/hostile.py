@@ -11,8 +11,8 @@ sent as stored by a pynetdicom SCU); the same image uncompressed, streamed by dc
 (a 1 GiB file: the receiver cuts it at twice its instance limit); fourteen half-open
 connections declaring a 2 GiB A-ASSOCIATE-RQ; fourteen trickling a plausible one a byte a second;
 an A-ASSOCIATE-RQ of 4 MiB; sixteen peers on eight addresses connecting and closing without a
-request for 25 s, the honest store made 20 s into it (pynetdicom's cap on acceptor threads had
-filled by then before the receiver ended those threads at the close).
+request for 25 s, the honest store made 20 s into it (by then pynetdicom's cap on acceptor
+threads was full, until the receiver ended each such thread at its close).
 """
 
 from __future__ import annotations

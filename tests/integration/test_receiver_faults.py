@@ -185,7 +185,6 @@ def test_the_worklist_details_arrive_with_the_instance(tmp_path, db):
         receiver.stop()
 
 
-
 class _Peer:
     """What Associations reads of a pynetdicom association."""
 
