@@ -99,7 +99,7 @@ def _half_open(port: int, length: int, trickle: bool) -> str:
 
 
 def _connect_close_flood(port: int, pid: int, seconds: float) -> str:
-    stop, count, threads = threading.Event(), [0], [0]
+    stop, count, peak_threads = threading.Event(), [0], 0
 
     def flood(address: str) -> None:
         while not stop.is_set():
@@ -114,12 +114,12 @@ def _connect_close_flood(port: int, pid: int, seconds: float) -> str:
         peer.start()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        threads[0] = max(threads[0], len(os.listdir(f"/proc/{pid}/task")))
+        peak_threads = max(peak_threads, len(os.listdir(f"/proc/{pid}/task")))
         time.sleep(0.5)
     stop.set()
     for peer in peers:
         peer.join()
-    return f"{count[0]} connections, receiver at most {threads[0]} threads"
+    return f"{count[0]} connections, receiver at most {peak_threads} threads"
 
 
 def _big_rq(port: int) -> str:
@@ -132,7 +132,7 @@ def _big_rq(port: int) -> str:
 
 
 def _attack(name: str, run: Callable[[], str], port: int, pid: int, spool: Path, work: Path,
-            idle_s: float, figures: dict[str, float | str], lead_s: float = 0.2) -> None:
+            idle_s: float, figures: dict[str, float | str], lead_s: float) -> None:
     rss_before = peak_rss_mb(pid) or 0.0
     peak_spool, stop = [0], threading.Event()
 
@@ -184,17 +184,17 @@ def measure(work: Path) -> dict[str, float | str]:
         giant = work / "giant.dcm"
         oversized_file(giant, 1024 * MiB)
         spool = folder / "var" / "storage" / "spool"
-        attacks: dict[str, Callable[[], str]] = {
-            "deflate_bomb": lambda: _send_deflated(port, bomb),
-            "giant_uncompressed": lambda: _dcmsend(port, giant),
-            "half_open_2gib_rq": lambda: _half_open(port, 2**31, trickle=False),
-            "trickle_rq": lambda: _half_open(port, 300, trickle=True),
-            "rq_4mib": lambda: _big_rq(port),
-            "connect_close_flood": lambda: _connect_close_flood(port, proc.proc.pid, 25),
+        # Each attack, and how long it runs before the honest store is made.
+        attacks: dict[str, tuple[Callable[[], str], float]] = {
+            "deflate_bomb": (lambda: _send_deflated(port, bomb), 0.2),
+            "giant_uncompressed": (lambda: _dcmsend(port, giant), 0.2),
+            "half_open_2gib_rq": (lambda: _half_open(port, 2**31, trickle=False), 0.2),
+            "trickle_rq": (lambda: _half_open(port, 300, trickle=True), 0.2),
+            "rq_4mib": (lambda: _big_rq(port), 0.2),
+            "connect_close_flood": (lambda: _connect_close_flood(port, proc.proc.pid, 25), 20),
         }
-        for name, run in attacks.items():
-            _attack(name, run, port, proc.proc.pid, spool, work, idle_s, figures,
-                    lead_s=20 if name == "connect_close_flood" else 0.2)
+        for name, (run, lead_s) in attacks.items():
+            _attack(name, run, port, proc.proc.pid, spool, work, idle_s, figures, lead_s)
         figures["hostile_receiver_peak_rss_mb"] = round(peak_rss_mb(proc.proc.pid) or 0.0, 1)
     finally:
         proc.stop()
