@@ -216,7 +216,8 @@ def test_an_undecodable_image_fails_its_study_alone_through_the_pool(rt) -> None
 
 def test_the_next_batch_decodes_while_this_one_runs_the_network(chained, monkeypatch) -> None:
     """Batch k+1 is claimed and handed to the decoders once batch k's images are prepared, before
-    its forward pass; a live study that arrives meanwhile is claimed first, at the next hand-over."""
+    its forward pass; a live study that arrives meanwhile is claimed first, at the next hand-over,
+    and each batch is handed on as soon as it is recorded."""
     bulk = _studies(chained, 7)
     with chained.db.session() as session:
         session.execute(update(Study).where(Study.study_uid.in_(bulk)).values(bulk=True))
@@ -239,10 +240,13 @@ def test_the_next_batch_decodes_while_this_one_runs_the_network(chained, monkeyp
 
     replace_step(monkeypatch, "decode ahead", hand_over)
     replace_step(monkeypatch, "infer together", infer)
-    states = process_ready(chained, bulk[0])
+    states = process_ready(chained, bulk[0], lambda done: events.append(("recorded", list(done))))
     assert states == {uid: "done" for uid in [*bulk, *live]}
-    assert [kind for kind, _ in events] == ["decode", "decode", "network", "decode", "network",
-                                            "network"], events
+    assert [kind for kind, _ in events] == ["decode", "decode", "network", "recorded", "decode", "network",
+                                            "recorded", "network", "recorded"], events
+    # each batch is handed on (its SRs sent) once recorded, not at the end of the chain
+    assert [batch for kind, batch in events if kind == "recorded"] == \
+        [batch for kind, batch in events if kind == "network"]
     first, second, third = (batch for kind, batch in events if kind == "decode")
     assert [batch for kind, batch in events if kind == "network"] == [first, second, third]
     assert live[0] in third and len(third) == 2  # the live study, then the last bulk one

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cxrtriage.db.studies import claim_study, extend_lease, ready_studies
 from cxrtriage.domain import Claim, Reason, StudyState
@@ -50,20 +51,25 @@ def claim_batch(rt: Runtime, study_uid: str | None, wait: bool = True) -> list[C
     return claims
 
 
-def process_ready(rt: Runtime, study_uid: str) -> dict[str, StudyState | None]:
+BatchStates = dict[str, StudyState | None]  # each study's recorded state, None if not recorded
+
+
+def process_ready(rt: Runtime, study_uid: str,
+                  batch_done: Callable[[BatchStates], None] | None = None) -> BatchStates:
     """Process the study and whatever else is ready, and go on with the next ready batches for
     CXRTRIAGE_BATCH_CHAIN_SECONDS: each is claimed once the batch before has its images
     prepared, so that the decoder children work on it while that batch runs the network (on a
-    GPU node the network would otherwise wait for every batch's decoding). Returns each claimed
-    study's final state (None: not recorded, as the study changed meanwhile); empty when
-    nothing was claimed."""
+    GPU node the network would otherwise wait for every batch's decoding). `batch_done` is
+    given each batch's states as soon as it is recorded (its SRs are sent then, not at the end
+    of the chain). Returns every claimed study's final state (None: not recorded, as the study
+    changed meanwhile); empty when nothing was claimed."""
     model_version_id = rt.model_version_id  # before claiming: a failure here undoes no claim
     claims = claim_batch(rt, study_uid)
     if not claims:
         return {}
     begin, prepare, finish = stages()
     chain_ends = time.monotonic() + rt.settings.batch_chain_seconds
-    states: dict[str, StudyState | None] = {}
+    states: BatchStates = {}
     with LeaseKeeper(rt, claims) as keeper:
         runs = _runs(claims, model_version_id)
         live = run_steps(rt, runs, begin)
@@ -79,7 +85,10 @@ def process_ready(rt: Runtime, study_uid: str) -> dict[str, StudyState | None]:
             for run in runs:
                 logger.info("study finished", extra={"study_uid": run.claim.study_uid, "state": run.state,
                                                      "reason": run.reason or ""})
-                states[run.claim.study_uid] = run.state
+            done = {run.claim.study_uid: run.state for run in runs}
+            states.update(done)
+            if batch_done is not None:
+                batch_done(done)
             runs, live = following, following_live
     return states
 
