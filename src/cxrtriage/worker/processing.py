@@ -4,9 +4,9 @@ database and run through the pipeline together, so that their images share one f
 The database stays the source of truth: every study is claimed on its own (a conditional update,
 in its own transaction), so Celery's one-message prefetch is unaffected, and the message of a
 study another worker took along finds nothing to do. Leases are renewed for all of them while
-the batch runs. While studies are ready, a task goes on to the next batches for a few seconds
-(CXRTRIAGE_BATCH_CHAIN_SECONDS), each claimed as late as possible, so that live studies that
-arrive meanwhile still go first, and a trial or an assessment waits behind it only that long.
+the batch runs. With CXRTRIAGE_BATCH_CHAIN_SECONDS (GPU nodes doing bulk work), a task goes on
+to the next ready batches for that long, each claimed once the batch before is prepared, so
+that live studies that arrive meanwhile still go first at the next hand-over.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ BatchStates = dict[str, StudyState | None]  # each study's recorded state, None 
 def process_ready(rt: Runtime, study_uid: str,
                   batch_done: Callable[[BatchStates], None] | None = None) -> BatchStates:
     """Process the study and whatever else is ready, and go on with the next ready batches for
-    CXRTRIAGE_BATCH_CHAIN_SECONDS: each is claimed once the batch before has its images
+    CXRTRIAGE_BATCH_CHAIN_SECONDS (0: none): each is claimed once the batch before has its images
     prepared, so that the decoder children work on it while that batch runs the network (on a
     GPU node the network would otherwise wait for every batch's decoding). `batch_done` is
     given each batch's states as soon as it is recorded (its SRs are sent then, not at the end
