@@ -7,8 +7,7 @@
 #   2. cuda.txt: the served model on the GPU, its weights and the CUDA memory one worker holds
 #      (context + weights + a batch of CXRTRIAGE_BATCH_STUDIES images), the figures behind
 #      docs/operations.md's "GPU workers".
-#   3. benchmark-main.txt: BENCH_ONLY=model,floor,overlap,pipeline with BENCH_REPROCESS=1 (overlap:
-#      the worker's batches overlapped on the GPU against one at a time), so that bulk
+#   3. benchmark-main.txt: BENCH_ONLY=model,floor,pipeline with BENCH_REPROCESS=1, so that bulk
 #      reprocessing runs on the GPU and `reprocess_gpu_busy_percent` is sampled by nvidia-smi
 #      (benchmarks/report.py GpuSampler) while it runs.
 #   4. benchmark-live.txt: BENCH_ONLY=live (benchmarks/live_first.py) with a bulk run sized for a
@@ -83,8 +82,8 @@ if ! peers_ok && compgen -G ".debs/*.deb" >/dev/null; then
     export PATH="$PATH:/tmp/cxrtriage-root/usr/bin:/tmp/cxrtriage-root/usr/sbin"
     export LD_LIBRARY_PATH="/tmp/cxrtriage-root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
-if peers_ok; then PARTS=model,floor,overlap,pipeline; else
-    PARTS=model,floor,overlap
+if peers_ok; then PARTS=model,floor,pipeline; else
+    PARTS=model,floor
     say "dcmtk or Orthanc missing: no pipeline, reprocessing or live figures (model and floor only)"
 fi
 
@@ -154,7 +153,7 @@ fi
 
 # 5. The figures that matter, from both runs.
 kill $UTIL $APPS 2>/dev/null
-grep -hE '^(bench_device|model_inference_b(1|64)_images_per_s|model_peak_gpu_mb|floor_images_per_s|floor_gpu_busy_percent|pipeline_images_per_s|pipeline_to_floor_ratio|latency_p50_s|latency_p90_s|reprocess_images_per_s|reprocess_gpu_busy_percent|reprocess_to_floor_ratio|overlap_[a-z0-9_]+|live_[a-z0-9_]+) ' \
+grep -hE '^(bench_device|model_inference_b(1|64)_images_per_s|model_peak_gpu_mb|floor_images_per_s|floor_gpu_busy_percent|pipeline_images_per_s|pipeline_to_floor_ratio|latency_p50_s|latency_p90_s|reprocess_images_per_s|reprocess_gpu_busy_percent|reprocess_to_floor_ratio|live_[a-z0-9_]+) ' \
     "$OUT"/benchmark-*.txt >"$OUT/summary.txt" 2>/dev/null
 cat "$OUT/cuda.txt" >>"$OUT/summary.txt"
 say "done in $((SECONDS - START)) s; summary:"

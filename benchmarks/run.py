@@ -33,9 +33,6 @@ Every measurement is printed beside a ratio to a reference measured in the same 
   every BENCH_LIVE_INTERVAL s from half-way: live SR latency past the quiet time, and the bulk
   rate before and while live studies arrive (benchmarks/live_first.py). Reference: the live
   latency on the idle service, the bulk rate before live traffic, and the floor.
-- overlap: bulk reprocessing in one worker process with the next batch decoding while this one
-  runs the network, on this machine's cores and with the network on a core of its own (a GPU node
-  in miniature) (benchmarks/overlap.py). Reference: one batch at a time, same run.
 - web: review app page times with BENCH_WEB_STUDIES studies, first paint of a 3000 x 2500 image
   (the preview PNG, then the viewer's values) against a 224 x 224 one, and the web process's
   resident memory after all of it (benchmarks/web.py).
@@ -56,8 +53,8 @@ Knobs (environment variables), defaults sized for about 13 minutes on a 2-core m
   BENCH_LIVE_BULK=60        live: studies reprocessed in bulk, at least 16 (about 3 minutes on 2 cores)
   BENCH_LIVE_INTERVAL=3     live: seconds between live studies during the bulk run
   BENCH_LIVE_IDLE=3         live: studies sent on the idle service first, for the reference
-  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,live,overlap,ingest,decoders,
-                            model,web,hostile,route); default all
+  BENCH_ONLY=...            comma list of parts to run (floor,pipeline,live,ingest,decoders,model,
+                            web,hostile,route); default all
   BENCH_KEEP=1              keep the work folder (server logs, files) and print where it is
 """
 
@@ -86,7 +83,6 @@ from benchmarks import (
     instance_route,
     live_first,
     model,
-    overlap,
     pipeline,
     web,
 )
@@ -95,7 +91,7 @@ from cxrtriage.config import load_settings
 from cxrtriage.models.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("floor", "pipeline", "live", "overlap", "ingest", "decoders", "model", "web", "hostile", "route")
+PARTS = ("floor", "pipeline", "live", "ingest", "decoders", "model", "web", "hostile", "route")
 
 
 def _int(name: str, default: int) -> int:
@@ -178,9 +174,6 @@ def main() -> None:  # noqa: C901 - one straight sequence of parts, in report or
 
         if "live" in only:
             live_first.run(report, work / "live", quiet, cuda, figures.get("floor"))
-
-        if "overlap" in only:
-            overlap.run(report, work / "overlap")
 
         if "ingest" in only:
             _ingest(report, work, ingest_n)

@@ -63,7 +63,6 @@ class Settings(BaseSettings):
     study_max_attempts: int = Field(3, ge=1)  # then the study gets a "not analysed" SR
     batch_studies: int = Field(8, ge=1)  # ready studies a worker classifies in one forward pass
     batch_wait_seconds: float = Field(0.0, ge=0)  # wait this long for a batch to fill (GPU bulk work)
-    batch_chain_seconds: float = Field(0.0, ge=0)  # go on to the next ready batches this long (GPU bulk work)
     decode_processes: int = Field(2, ge=0)  # a worker's image-decoding processes (0: one, as 1)
     # Hostile pixels (docs/security.md): decoding runs only in child processes under these limits.
     max_decoded_bytes: int = Field(256 * 1024 * 1024, gt=0)  # rows x cols x samples x bits x frames

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from cxrtriage.config import Settings
 from cxrtriage.db.models import InferenceResult, Instance, SrExport, Study
@@ -30,26 +30,13 @@ from tests.pipeline_steps import replace_step
 from tests.received import current, receive, srs
 
 
-def _runtime(tmp_path: Path, model: Path, chain_seconds: float) -> Runtime:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
-    upgrade(url)
-    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=model,
-                        batch_studies=3, decode_processes=2, batch_chain_seconds=chain_seconds)
-    return Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
-
-
 @pytest.fixture
 def rt(tmp_path: Path, tiny_package: Path) -> Iterator[Runtime]:
-    """One batch a call, as a task with CXRTRIAGE_BATCH_CHAIN_SECONDS=0."""
-    runtime = _runtime(tmp_path, tiny_package, 0.0)
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture
-def chained(tmp_path: Path, tiny_package: Path) -> Iterator[Runtime]:
-    """A call goes on through every ready batch."""
-    runtime = _runtime(tmp_path, tiny_package, 600.0)
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", model=tiny_package,
+                        batch_studies=3, decode_processes=2)
+    runtime = Runtime(settings, Database(url), InstanceStore(settings.storage_dir))
     yield runtime
     runtime.close()
 
@@ -182,7 +169,7 @@ def test_a_killed_decoder_process_costs_time_not_studies(rt, monkeypatch) -> Non
 
     def decode_then_kill(rt_: Runtime, runs: list[pipeline.StudyRun]) -> None:
         real(rt_, runs)
-        assert any(run.preparing for run in runs), "the batch was not handed to the pool"
+        assert any(run.decoding for run in runs), "the batch was not handed to the pool"
         for pid in rt_.decoder_pool.pids():  # type: ignore[union-attr]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -212,45 +199,3 @@ def test_an_undecodable_image_fails_its_study_alone_through_the_pool(rt) -> None
         rows = session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
         assert sorted(r.state for r in rows) == ["classified", "failed"]
         assert any("decoded" in r.reason for r in rows if r.state == "failed")
-
-
-def test_the_next_batch_decodes_while_this_one_runs_the_network(chained, monkeypatch) -> None:
-    """Batch k+1 is claimed and handed to the decoders once batch k's images are prepared, before
-    its forward pass; a live study that arrives meanwhile is claimed first, at the next hand-over,
-    and each batch is handed on as soon as it is recorded."""
-    bulk = _studies(chained, 7)
-    with chained.db.session() as session:
-        session.execute(update(Study).where(Study.study_uid.in_(bulk)).values(bulk=True))
-    events: list[tuple[str, list[str]]] = []
-    live: list[str] = []
-    real_hand_over, real_infer = pipeline.decode_ahead, pipeline.infer_together
-
-    def hand_over(rt_: Runtime, runs: list[pipeline.StudyRun]) -> None:
-        real_hand_over(rt_, runs)
-        events.append(("decode", [run.claim.study_uid for run in runs]))
-
-    def infer(rt_: Runtime, runs: list[pipeline.StudyRun]) -> None:
-        batch = [run.claim.study_uid for run in runs]
-        assert all(run.preparing == {} and all(item.image is not None for _, item in run.items)
-                   for run in runs), "the forward pass began before the batch was prepared"
-        events.append(("network", batch))
-        if not live:  # a live study goes quiet while the first batch is classified
-            live.append(receive(rt_, [radiograph(generate_uid(), "normal-2", PatientID="PAT0777")]))
-        real_infer(rt_, runs)
-
-    replace_step(monkeypatch, "decode ahead", hand_over)
-    replace_step(monkeypatch, "infer together", infer)
-    states = process_ready(chained, bulk[0], lambda done: events.append(("recorded", list(done))))
-    assert states == {uid: "done" for uid in [*bulk, *live]}
-    assert [kind for kind, _ in events] == ["decode", "decode", "network", "recorded", "decode", "network",
-                                            "recorded", "network", "recorded"], events
-    # each batch is handed on (its SRs sent) once recorded, not at the end of the chain
-    assert [batch for kind, batch in events if kind == "recorded"] == \
-        [batch for kind, batch in events if kind == "network"]
-    first, second, third = (batch for kind, batch in events if kind == "decode")
-    assert [batch for kind, batch in events if kind == "network"] == [first, second, third]
-    assert live[0] in third and len(third) == 2  # the live study, then the last bulk one
-    assert sorted(first + second + third) == sorted([*bulk, *live])
-    for uid in [*bulk, *live]:
-        [sr] = current(srs(chained, uid))
-        assert pydicom.dcmread(sr.path).StudyInstanceUID == uid

@@ -12,11 +12,9 @@ README.md and docs/architecture.md show them (tests/unit/test_readme.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,14 +26,15 @@ from cxrtriage.domain import SR_KINDS, InstanceRef, InstanceState, Reason, Study
 from cxrtriage.errors import InvalidInputError
 from cxrtriage.models.examine import Examined, gate, prepare
 from cxrtriage.models.model_input import PREPROCESSING_VERSION
-from cxrtriage.worker.prefetch import Decoded
+from cxrtriage.worker.prefetch import Ahead, pool_for
 from cxrtriage.worker.reporting import report
 from cxrtriage.worker.runtime import Runtime
 from cxrtriage.worker.study_run import Output, StudyRun
 
 logger = logging.getLogger(__name__)
-__all__ = ["NEXT_BATCH_AFTER", "STEPS", "Output", "Scope", "Step", "StudyRun", "pipeline_diagram", "report",
-           "report_failure", "run_steps", "stages"]
+__all__ = ["STEPS", "Output", "Scope", "Step", "StudyRun", "pipeline_diagram", "report",
+           "report_failure", "run_steps"]
+Failure = tuple[Reason, str]  # a file's coded reason and its message
 
 
 def read_and_gate(rt: Runtime, run: StudyRun) -> None:
@@ -55,39 +54,39 @@ def read_and_gate(rt: Runtime, run: StudyRun) -> None:
 
 
 def decode_ahead(rt: Runtime, runs: list[StudyRun]) -> None:
-    """Hand every accepted image of the batch to the decoder children, each to be prepared (its
-    model input) as soon as it is decoded, while the worker goes on (see worker/prefetch.py)."""
-    for run in runs:
-        if not run.reason:
-            for ref, item in run.items:
-                if item.header is not None and item.reason is None:
-                    run.preparing[ref.instance_id] = _hand_over(rt, ref, item)
-
-
-def _hand_over(rt: Runtime, ref: InstanceRef, item: Examined) -> Future[None]:
-    return rt.ahead.submit(ref.path, ref.sha256, partial(_prepare, item, rt.classifier.manifest.input_size))
-
-
-def _prepare(item: Examined, input_size: int, decoded: Decoded) -> None:
-    """In a preparing thread: the image's model input, or the file's coded failure."""
-    gray, reason, detail = decoded
-    if gray is None:
-        item.failed, item.detail = Reason(reason), detail
-    else:
-        prepare(item, input_size, gray)
+    """Hand every accepted image of the batch to the decoder children, so that they decode on
+    every core while the worker prepares them in order (see worker/prefetch.py)."""
+    wanted = [(run, ref) for run in runs if not run.reason
+              for ref, item in run.items if item.header is not None and item.reason is None]
+    ahead = Ahead(pool_for(rt))
+    for run, ref in wanted:
+        run.ahead = ahead
+        ahead.add(run.decoding, ref.instance_id, ref.path, ref.sha256)
+    ahead.fill()
 
 
 def preprocess(rt: Runtime, run: StudyRun) -> None:
-    """Wait for each accepted image's model input; a batch of studies holds only the small model
-    inputs and the headers the report needs."""
+    """Each accepted image's model input, from the image its decoder child returned; a batch of
+    studies holds only the small model inputs and the headers the report needs."""
     if run.reason:
         return
     for ref, item in run.items:
         if item.header is not None and item.reason is None:
-            preparing = run.preparing.pop(ref.instance_id, None) or _hand_over(rt, ref, item)
-            preparing.result()  # PoolClosed or CancelledError: the worker is stopping
+            gray, failed = _decoded(rt, run, ref)
+            if failed is not None:
+                item.failed, item.detail = failed
+            else:
+                prepare(item, rt.classifier.manifest.input_size, gray)
         if item.header is not None and "PixelData" in item.header:
             del item.header.PixelData
+
+
+def _decoded(rt: Runtime, run: StudyRun, ref: InstanceRef) -> tuple[np.ndarray | None, Failure | None]:
+    """The child's grayscale image, or the file's coded failure; never decoded in this process."""
+    ahead = run.ahead or Ahead(pool_for(rt))
+    future = ahead.take(run.decoding, ref.instance_id, ref.path, ref.sha256)
+    gray, reason, detail = future.result()  # PoolClosed or CancelledError: the worker is stopping
+    return (gray, None) if gray is not None else (None, (Reason(reason), detail))
 
 
 def infer_together(rt: Runtime, runs: list[StudyRun]) -> None:
@@ -202,11 +201,6 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-# Once a batch's images are prepared, the worker claims the next batch and runs it up to
-# "decode ahead", so that its images decode while this batch runs the network, report and record.
-NEXT_BATCH_AFTER = "preprocess"
-
-
 def _reason_for(step: Step, exc: Exception) -> Reason:
     if isinstance(exc, InvalidInputError):
         return exc.reason
@@ -252,26 +246,16 @@ def _in_boundary(rt: Runtime, run: StudyRun, step: Step) -> bool:
     return False
 
 
-def run_steps(rt: Runtime, runs: list[StudyRun], steps: Sequence[Step] | None = None) -> list[StudyRun]:
-    """`steps` (all of `STEPS` by default) in order over the claimed studies; a study that fails
-    a step leaves the batch with its failure reported. Returns the studies still going. Once
-    every step ran, each run's `state` is the recorded state, or None when nothing was recorded
-    (the study changed meanwhile, or its claim was given back)."""
+def run_steps(rt: Runtime, runs: list[StudyRun]) -> None:
+    """`STEPS` in order over the claimed studies; a study that fails a step leaves the batch with
+    its failure reported. Each run's `state` is then the recorded state, or None when nothing was
+    recorded (the study changed meanwhile, or its claim was given back)."""
     live = list(runs)
-    for step in STEPS if steps is None else steps:
+    for step in STEPS:
         if step.scope is Scope.BATCH:
             step.run(rt, live)
         else:
             live = [run for run in live if _in_boundary(rt, run, step)]
-    return live
-
-
-def stages() -> tuple[tuple[Step, ...], tuple[Step, ...], tuple[Step, ...]]:
-    """`STEPS` cut where the worker overlaps batches (worker/processing.py): up to handing the
-    images to the decoders, up to their being prepared (`NEXT_BATCH_AFTER`), and the rest."""
-    names = [step.name for step in STEPS]
-    handed, prepared = names.index("decode ahead") + 1, names.index(NEXT_BATCH_AFTER) + 1
-    return STEPS[:handed], STEPS[handed:prepared], STEPS[prepared:]
 
 
 def pipeline_diagram() -> str:
@@ -280,7 +264,5 @@ def pipeline_diagram() -> str:
     for step in STEPS:
         where = "  [batch: all claimed studies together]" if step.scope is Scope.BATCH else ""
         lines.append(f"  -> {step.name}{where}")
-        if step.name == NEXT_BATCH_AFTER:
-            lines.append("     (the next batch is claimed here and begins to decode)")
     lines.append("  -> SR export (worker/export.py)")
     return "\n".join(lines)

@@ -11,17 +11,20 @@ whatever CXRTRIAGE_DECODE_PROCESSES says (0 means one child).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+import logging
+from collections import deque
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from cxrtriage.config import Settings
 from cxrtriage.dicom.sandbox import Decoded, DecodeLimits
 from cxrtriage.dicom.sandbox import DecoderPool as _SandboxPool
 
-__all__ = ["Ahead", "Decoded", "DecoderPool", "limits_for"]
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from cxrtriage.worker.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+__all__ = ["Ahead", "Decoded", "DecoderPool", "limits_for", "pool_for"]
 
 
 def limits_for(settings: Settings) -> DecodeLimits:
@@ -38,33 +41,39 @@ class DecoderPool(_SandboxPool):
         return cls(settings.decode_processes, limits_for(settings))
 
 
+def pool_for(rt: Runtime) -> DecoderPool:
+    """The runtime's pool (CXRTRIAGE_DECODE_PROCESSES=0 gets one child: in-process decoding no
+    longer exists)."""
+    return rt.decoder_pool
+
+
 class Ahead:
-    """Images decoded in the children and then prepared (`then`, the resize to the model's
-    input) in this process's threads, one thread a child, in the order they were submitted.
+    """A batch's images handed to the children in order, at most `window` ahead of the worker's
+    use: every child stays busy, while the worker holds only a few decoded images at a time (a
+    batch of legal-but-giant images would otherwise all wait, decoded, in memory)."""
 
-    Nothing waits for the worker to ask: a batch decodes while the one before it runs the
-    network, and each image is prepared as soon as its child returns it. Only the small model
-    inputs pile up; a full-size decoded image is held by its thread just while it is prepared,
-    so at most one a child is in memory (a batch of legal-but-giant images never all waits,
-    decoded, in the worker)."""
-
-    def __init__(self, pool: DecoderPool) -> None:
+    def __init__(self, pool: DecoderPool, window: int | None = None) -> None:
         self.pool = pool
-        self._threads: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self.window = window or pool.processes + 1
+        self._pending: deque[tuple[dict[int, Future[Decoded]], int, str, str]] = deque()
+        self._outstanding = 0
 
-    def submit(self, path: str, sha256: str, then: Callable[[Decoded], T]) -> Future[T]:
-        """`then` of the stored file's decoded image (or of its coded failure)."""
-        with self._lock:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(self.pool.processes, thread_name_prefix="prepare")
-            threads = self._threads
-        # PoolClosed or CancelledError from the decode: the worker is stopping
-        return threads.submit(lambda: then(self.pool.submit(path, sha256).result()))
+    def add(self, decoding: dict[int, Future[Decoded]], key: int, path: str, sha256: str) -> None:
+        self._pending.append((decoding, key, path, sha256))
 
-    def shutdown(self) -> None:
-        """Drop what is still queued; a later submit starts new threads."""
-        with self._lock:
-            threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=False, cancel_futures=True)
+    def fill(self) -> None:
+        while self._pending and self._outstanding < self.window:
+            decoding, key, path, sha256 = self._pending.popleft()
+            decoding[key] = self.pool.submit(path, sha256)
+            self._outstanding += 1
+
+    def take(self, decoding: dict[int, Future[Decoded]], key: int, path: str, sha256: str) -> Future[Decoded]:
+        """The decode of `key`, handed over now if it was not yet; the next ones are handed on."""
+        future = decoding.pop(key, None)
+        if future is not None:
+            self._outstanding -= 1
+        else:
+            self._pending = deque(p for p in self._pending if not (p[0] is decoding and p[1] == key))
+            future = self.pool.submit(path, sha256)
+        self.fill()
+        return future

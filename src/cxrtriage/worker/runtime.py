@@ -11,7 +11,7 @@ from cxrtriage.config import Settings
 from cxrtriage.db.results import register_model
 from cxrtriage.db.session import Database
 from cxrtriage.dicom.storage import InstanceStore
-from cxrtriage.worker.prefetch import Ahead, DecoderPool
+from cxrtriage.worker.prefetch import DecoderPool
 
 if TYPE_CHECKING:  # torch is loaded only by processes that classify, never by the receiver
     from cxrtriage.models.inference import Classifier
@@ -25,7 +25,6 @@ class Runtime:
     _classifier: Classifier | None = None
     _model_version_id: int | None = None
     _decoder_pool: DecoderPool | None = None
-    _ahead: Ahead | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -46,20 +45,8 @@ class Runtime:
                 self._decoder_pool = DecoderPool.for_settings(self.settings)
             return self._decoder_pool
 
-    @property
-    def ahead(self) -> Ahead:
-        """The decoder pool, and the threads that prepare what it decodes (worker/prefetch.py)."""
-        pool = self.decoder_pool
-        with self._lock:
-            if self._ahead is None:
-                self._ahead = Ahead(pool)
-            return self._ahead
-
     def close(self) -> None:
-        """Stop the decoder pool's processes and the preparing threads (the next batch would
-        start new ones)."""
-        if self._ahead is not None:
-            self._ahead.shutdown()
+        """Stop the decoder pool's processes (the next batch would start new ones)."""
         if self._decoder_pool is not None:
             self._decoder_pool.shutdown()
 

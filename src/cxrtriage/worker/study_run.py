@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from cxrtriage.dicom.gating import radiograph_study
 from cxrtriage.domain import Claim, ExportKind, InstanceRef, Prediction, Reason, StudyState
 from cxrtriage.models.examine import Examined
+from cxrtriage.worker.prefetch import Ahead, Decoded
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class StudyRun:
     predictions: dict[int, Prediction] = field(default_factory=dict)
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # by instance id, [S, S] in [0, 1]
     batched: tuple[list[Prediction], np.ndarray | None] | None = None  # its share of a joint pass
-    preparing: dict[int, Future[None]] = field(default_factory=dict)  # by instance id (decode_ahead)
+    decoding: dict[int, Future[Decoded]] = field(default_factory=dict)  # by instance id, in the pool
+    ahead: Ahead | None = None  # hands the batch's images to the decoder children (decode_ahead)
     reason: Reason | None = None  # set once the study cannot be analysed
     state: StudyState | None = None
     minimal_headers: bool = False

@@ -4,7 +4,6 @@ register with every app that `configure_app` makes, and take their resources fro
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from celery import shared_task
@@ -22,18 +21,16 @@ def process_study(self: Any, study_uid: str) -> dict[str, str | None]:
     from cxrtriage.worker import processing  # torch: loaded only by workers that classify
 
     rt = self.app.runtime()
+    states = processing.process_ready(rt, study_uid)
     dispatcher = Dispatcher(self.app)
-
-    def send_srs(states: Mapping[str, str | None]) -> None:  # each batch's, as soon as it is recorded
-        for uid, state in states.items():
-            if state is None:
-                continue
-            try:
-                dispatcher.study_exports(rt.db, rt.settings, uid)
-            except Exception:  # the broker is away: the scheduler dispatches them once it is back
-                logger.warning("SR export not dispatched; the scheduler will", extra={"study_uid": uid})
-
-    return dict(processing.process_ready(rt, study_uid, send_srs))
+    for uid, state in states.items():
+        if state is None:
+            continue
+        try:
+            dispatcher.study_exports(rt.db, rt.settings, uid)
+        except Exception:  # the broker is away: the scheduler dispatches them once it is back
+            logger.warning("SR export not dispatched; the scheduler will", extra={"study_uid": uid})
+    return dict(states)
 
 
 @shared_task(name=EXPORT_SR_TASK, bind=True)
